@@ -1,0 +1,246 @@
+"""The tiny Qwen2.5-VL test model, built offline: ``ovr-train tiny-model OUT``.
+
+A real Qwen2.5-VL architecture at toy size (~0.8M parameters): a byte-level BPE tokenizer trained
+here with Qwen2.5-VL's special tokens and ``<think>``/``</think>`` as added non-special tokens (so
+they survive ``skip_special_tokens``), the processor from defaults, the chat template we ship. It
+loads in transformers, vLLM and TRL. With ``format_steps`` > 0 it is briefly trained on synthetic
+traces so that it emits ``<think>…</think>`` then a ``\\boxed{}`` answer, which makes the reasoning
+tests meaningful (a random model rarely closes its trace).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ovr_serve.format import THINK_CLOSE, THINK_OPEN
+
+TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "ovr_serve" / "templates" / "qwen2_5_vl.jinja"
+
+# Qwen2.5-VL's special tokens, in its order; the config's token ids are read from the tokenizer.
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+
+@dataclass
+class TinyModelSpec:
+    """Sizes of the test model; the defaults are what the tests, CI and benchmarks use."""
+
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2  # head_dim 64: vLLM's CPU attention accepts it
+    num_kv_heads: int = 1
+    intermediate_size: int = 256
+    vision_hidden_size: int = 128
+    vision_depth: int = 2
+    vision_heads: int = 2
+    max_position_embeddings: int = 8192
+    format_steps: int = 300  # brief training on synthetic traces; 0 keeps random weights
+    seed: int = 0
+
+
+def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec | None = None) -> Path:
+    """Write a complete, servable tiny Qwen2.5-VL checkpoint to ``out_dir`` and return its path.
+
+    The directory appears whole or not at all (built in a temporary sibling, then renamed).
+    """
+    import torch
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    spec = spec or TinyModelSpec()
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        torch.manual_seed(spec.seed)
+        template = TEMPLATE_PATH.read_text()
+        tokenizer = _train_tokenizer(spec)
+        tokenizer.chat_template = template
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+        head_dim = spec.hidden_size // spec.num_heads
+        config = Qwen2_5_VLConfig(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": spec.hidden_size,
+                "intermediate_size": spec.intermediate_size,
+                "num_hidden_layers": spec.num_layers,
+                "num_attention_heads": spec.num_heads,
+                "num_key_value_heads": spec.num_kv_heads,
+                "max_position_embeddings": spec.max_position_embeddings,
+                "max_window_layers": spec.num_layers,
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 1000000.0,
+                    "mrope_section": _mrope_section(head_dim),
+                },
+                "bos_token_id": ids["<|endoftext|>"],
+                "eos_token_id": ids["<|im_end|>"],
+                "pad_token_id": ids["<|endoftext|>"],
+                "tie_word_embeddings": False,
+            },
+            vision_config={
+                "depth": spec.vision_depth,
+                "hidden_size": spec.vision_hidden_size,
+                "intermediate_size": spec.vision_hidden_size * 2,
+                "num_heads": spec.vision_heads,
+                "out_hidden_size": spec.hidden_size,
+                "fullatt_block_indexes": [spec.vision_depth - 1],
+            },
+            image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+            tie_word_embeddings=False,
+        )
+        config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+        # Small images keep tests fast; the 7B recipe sets its own limits when serving.
+        image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
+        processor = Qwen2_5_VLProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=Qwen2VLVideoProcessor(),
+            chat_template=template,
+        )
+        if spec.format_steps:
+            _teach_format(model, tokenizer, spec)
+        model.generation_config = GenerationConfig(
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+            pad_token_id=ids["<|endoftext|>"],
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+        )
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "ovr_tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def cached_tiny_model(cache_dir: str | os.PathLike | None = None, spec: TinyModelSpec | None = None) -> Path:
+    """Path of the tiny model for this spec and builder version, building it on first use."""
+    spec = spec or TinyModelSpec()
+    key = hashlib.sha256(
+        json.dumps(asdict(spec), sort_keys=True).encode()
+        + Path(__file__).read_bytes()
+        + TEMPLATE_PATH.read_bytes()
+    ).hexdigest()[:12]
+    root = Path(cache_dir or os.environ.get("OVR_CACHE", Path.cwd() / ".cache"))
+    path = root / f"tiny-qwen2.5-vl-{key}"
+    if not (path / "config.json").exists():
+        build_tiny_model(path, spec)
+    return path
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Temporal/height/width split of the rotary half-dimension, in Qwen2.5-VL's 2:3:3 ratio."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+def _train_tokenizer(spec: TinyModelSpec):
+    """A byte-level BPE trained on the synthetic corpus, wrapped as a Qwen2 tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    from ovr_train.synthetic import reasoning_examples
+
+    corpus = []
+    for ex in reasoning_examples(2000, seed=spec.seed):
+        corpus += [ex["question"], ex["completion"]]
+    corpus += [
+        "You are a helpful assistant.",
+        "Describe the image. What do you see? Count the shapes. Let me look at the image again.",
+        "Wait, let me re-check the answer. The answer is",
+        "\\frac{1}{2} \\sqrt{3} x^2 + y = 0 $ $$ \\( \\) \\[ \\]",
+    ]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size - len(SPECIAL_TOKENS) - 2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
+        errors="replace",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
+    tokenizer.add_tokens([THINK_OPEN, THINK_CLOSE], special_tokens=False)
+    return tokenizer
+
+
+def _teach_format(model, tokenizer, spec: TinyModelSpec) -> None:
+    """A few hundred AdamW steps on synthetic chats, loss on the assistant turn only."""
+    import torch
+
+    from ovr_train.synthetic import reasoning_examples
+
+    examples = reasoning_examples(512, seed=spec.seed + 1)
+    rows = []
+    for ex in examples:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": ex["question"]}], tokenize=False, add_generation_prompt=True
+        )
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c_ids = tokenizer(ex["completion"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        rows.append((p_ids + c_ids, [-100] * len(p_ids) + c_ids))
+    pad = tokenizer.pad_token_id
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(spec.seed)
+    model.train()
+    for _ in range(spec.format_steps):
+        batch = [rows[i] for i in torch.randint(len(rows), (16,), generator=gen).tolist()]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
