@@ -244,3 +244,18 @@ def _teach_format(model, tokenizer, spec: TinyModelSpec) -> None:
         opt.step()
         opt.zero_grad()
     model.eval()
+
+
+def cli(argv: list[str]) -> int:
+    """``ovr-train tiny-model OUT [--format-steps N] [--seed S]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="ovr-train tiny-model", description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="directory to write the checkpoint to (replaced if present)")
+    parser.add_argument("--format-steps", type=int, default=TinyModelSpec.format_steps,
+                        help="training steps on synthetic traces (0: random weights)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = build_tiny_model(args.out, TinyModelSpec(format_steps=args.format_steps, seed=args.seed))
+    print(f"tiny Qwen2.5-VL written to {path}\nserve it: ovr-serve --model {path}")
+    return 0
