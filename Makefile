@@ -1,0 +1,39 @@
+.PHONY: setup setup-test serve demo test test-fast test-slow bench lint format
+
+VENV := .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+setup:
+	bash scripts/setup.sh
+
+setup-test:
+	bash scripts/setup.sh --test
+
+# The main job: OVR-7B-RL behind vLLM's OpenAI API, with the web UI.
+serve: setup
+	$(BIN)/ovr-serve --ui $(ARGS)
+
+# Offline: the tiny test model (built on first use), with the web UI.
+demo: setup
+	$(BIN)/ovr-serve --demo --ui $(ARGS)
+
+# Everything that runs on a CPU (real vLLM servers, trainers and browser included).
+test: setup-test
+	$(BIN)/python -m pytest -m "not gpu" $(ARGS)
+
+# Seconds: no server, trainer or browser.
+test-fast: setup-test
+	$(BIN)/python -m pytest -m "not slow and not gpu" $(ARGS)
+
+test-slow: setup-test
+	$(BIN)/python -m pytest -m "slow and not gpu" $(ARGS)
+
+bench: setup
+	$(BIN)/python bench/serve.py
+
+lint:
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

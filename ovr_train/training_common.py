@@ -1,0 +1,249 @@
+"""Pieces every OVR training stage shares (cold-start SFT now, RL later), each hooked into upstream's
+Trainer at a narrow point:
+
+- `AtomicCheckpoints`: a Trainer mixin that writes ``checkpoint-N`` under a staging name and renames it
+  when whole, so a kill mid-write never leaves a directory that resume would take for complete;
+- `last_complete_checkpoint`, for ``--resume``;
+- `save_servable`: the final checkpoint, servable by ovr-serve as is (weights, processor, tokenizer,
+  chat template, generation config with both end tokens), written so that it looks complete only
+  once it is;
+- `TrainingCurves`: a callback that plots loss, learning rate, tokens/s and sequence length to a PNG
+  beside each checkpoint;
+- `fix_packed_mrope_positions`: the Qwen2.5-VL padding-free/packing position-id fix;
+- `freeze_vision`, `default_report_to`, `save_resolved_config`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+CHECKPOINT_PREFIX = "checkpoint-"  # transformers' PREFIX_CHECKPOINT_DIR
+STAGING_PREFIX = ".staging-"  # not matched by transformers' ^checkpoint-\d+$ (get_last_checkpoint)
+FINAL_STAGING = ".staging-final"
+RESOLVED_CONFIG = "ovr_train_config.json"
+CURVES_PNG = "training_curves.png"
+END_TOKENS = ("<|im_end|>", "<|endoftext|>")  # Qwen2.5's end of turn and end of text
+
+
+class AtomicCheckpoints:
+    """Trainer mixin (put it before the Trainer class): checkpoints appear whole or not at all.
+
+    transformers 5.19 writes ``checkpoint-N`` in place, file by file; a kill half way leaves a
+    directory that ``get_last_checkpoint`` picks and that resume then fails on. We let upstream write
+    into ``.staging-checkpoint-N/`` (every rank, DeepSpeed shards included), add our own files, and
+    rename it into place on the main process once all ranks are done.
+    """
+
+    _staging_root: str | None = None
+    resolved_config: dict | None = None  # saved beside each checkpoint when set
+
+    def _get_output_dir(self, trial):
+        if self._staging_root is not None:
+            return self._staging_root
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        from transformers.trainer_utils import rotate_checkpoints
+
+        run_dir = super()._get_output_dir(trial)
+        name = f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        staging = os.path.join(run_dir, STAGING_PREFIX + name)
+        if self.args.should_save and os.path.exists(staging):
+            shutil.rmtree(staging)  # left by a run killed while saving this same step
+        self.accelerator.wait_for_everyone()
+        self._staging_root = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_root = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            written = os.path.join(staging, name)
+            if self.resolved_config is not None:
+                save_resolved_config(written, self.resolved_config)
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, TrainingCurves):
+                    callback.write(written)
+            final = os.path.join(run_dir, name)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(written, final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` holding a trainer state, or None (staging dirs never count)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    steps = []
+    for path in root.iterdir():
+        suffix = path.name.removeprefix(CHECKPOINT_PREFIX)
+        if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (path / "trainer_state.json").exists():
+            steps.append((int(suffix), path))
+    return str(max(steps)[1]) if steps else None
+
+
+def save_servable(trainer, processor, output_dir: str | os.PathLike, resolved_config: dict | None = None) -> Path:
+    """Write the final model so ovr-serve can serve ``output_dir`` as is; returns the path.
+
+    Everything is written to ``.staging-final/`` first (all ranks take part: ZeRO-3 gathers the
+    weights), then moved into ``output_dir`` with ``config.json`` last: until it lands, the directory
+    does not look like a model to transformers or vLLM.
+    """
+    from transformers import GenerationConfig
+
+    out = Path(output_dir)
+    staging = out / FINAL_STAGING
+    if trainer.args.should_save and staging.exists():
+        shutil.rmtree(staging)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    if trainer.args.should_save:
+        processor.save_pretrained(staging)  # tokenizer, chat template, image processor
+        tokenizer = getattr(processor, "tokenizer", processor)
+        end_ids = [tokenizer.convert_tokens_to_ids(t) for t in END_TOKENS]
+        generation = GenerationConfig.from_pretrained(staging)
+        generation.eos_token_id = end_ids
+        generation.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        generation.save_pretrained(staging)
+        if resolved_config is not None:
+            save_resolved_config(staging, resolved_config)
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, TrainingCurves):
+                callback.write(staging)
+        (out / "config.json").unlink(missing_ok=True)  # the marker goes first, and comes back last
+        for item in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
+            target = out / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        staging.rmdir()
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+def fix_packed_mrope_positions(model) -> bool:
+    """Make padding-free/packed batches attend within their own sequence on Qwen2-VL-family models.
+
+    TRL's padding-free collator sends 2-D ``position_ids`` (restarting at 0 for each sequence) and no
+    attention mask. Qwen2.5-VL's text model (transformers 5.19, ``Qwen2_5_VLTextModel.forward``)
+    expands 2-D ids to its 3 M-RoPE rows and then builds the mask without them, so under sdpa/eager
+    every sequence attends to the ones packed before it (FlashAttention is saved by TRL's
+    ``cu_seq_lens``). Its documented packed form is 4 rows: text positions, then t/h/w, which for
+    text are the same positions. A pre-hook on the text model rewrites 2-D ids (with no attention
+    mask) to that form; for text-only data this is exactly the M-RoPE of the unpacked sequence.
+    Remove when ``tests/test_sft_packing.py::test_upstream_still_needs_the_position_fix`` fails.
+    Returns True when the hook was installed.
+    """
+    language_model = getattr(getattr(model, "model", None), "language_model", None)
+    rope = getattr(getattr(language_model, "config", None), "rope_parameters", None) or {}
+    if language_model is None or "mrope_section" not in rope:
+        return False
+
+    def to_four_rows(module, args, kwargs):
+        position_ids = kwargs.get("position_ids")
+        if position_ids is not None and position_ids.ndim == 2 and kwargs.get("attention_mask") is None:
+            kwargs["position_ids"] = position_ids[None].expand(4, -1, -1)
+        return args, kwargs
+
+    language_model.register_forward_pre_hook(to_four_rows, with_kwargs=True)
+    return True
+
+
+def freeze_vision(model) -> int:
+    """Freeze the vision tower and its projector (``model.visual``, merger included); returns #params."""
+    visual = getattr(getattr(model, "model", model), "visual", None)
+    if visual is None:
+        return 0
+    frozen = 0
+    for param in visual.parameters():
+        param.requires_grad_(False)
+        frozen += param.numel()
+    return frozen
+
+
+def default_report_to() -> list[str]:
+    """TensorBoard always; W&B too when it is installed and not disabled (WANDB_MODE=disabled)."""
+    targets = ["tensorboard"]
+    if importlib.util.find_spec("wandb") and os.environ.get("WANDB_MODE") != "disabled":
+        targets.append("wandb")
+    return targets
+
+
+def resolve_config(*configs) -> dict:
+    """The run's whole configuration as one JSON-able dict (dataclass name -> fields)."""
+    out = {}
+    for cfg in configs:
+        data = cfg.to_dict() if hasattr(cfg, "to_dict") else asdict(cfg) if is_dataclass(cfg) else dict(cfg)
+        out[type(cfg).__name__] = json.loads(json.dumps(data, default=str))
+    return out
+
+
+def save_resolved_config(directory: str | os.PathLike, resolved: dict) -> Path:
+    """Write the resolved configuration beside a checkpoint, so the run can be reproduced from it."""
+    path = Path(directory) / RESOLVED_CONFIG
+    path.write_text(json.dumps(resolved, indent=2, sort_keys=True))
+    return path
+
+
+class TrainingCurves(TrainerCallback):
+    """Collects the logged loss, learning rate, tokens/s and sequence length; plots them to a PNG."""
+
+    def __init__(self) -> None:
+        self.points: list[dict] = []
+        self._last: tuple[float, float] | None = None  # (time, num_tokens) at the previous log
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # On resume, start from the history saved in the checkpoint's trainer state.
+        self.points = [dict(p) for p in state.log_history if "loss" in p]
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        now = time.monotonic()
+        point = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, int | float)}}
+        tokens = logs.get("num_tokens")
+        if tokens is not None and self._last is not None and now > self._last[0]:
+            point["tokens_per_second"] = (tokens - self._last[1]) / (now - self._last[0])
+        if tokens is not None:
+            self._last = (now, tokens)
+        self.points.append(point)
+
+    def write(self, directory: str | os.PathLike) -> Path | None:
+        """Plot the four curves to ``directory/training_curves.png`` (None when nothing was logged)."""
+        if not self.points:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        panels = [("loss", "loss"), ("learning_rate", "learning rate"),
+                  ("tokens_per_second", "tokens/s"), ("seq_length", "mean sequence length")]
+        fig, axes = plt.subplots(2, 2, figsize=(10, 6), constrained_layout=True)
+        for ax, (key, title) in zip(axes.flat, panels, strict=True):
+            xs = [p["step"] for p in self.points if key in p]
+            ax.plot(xs, [p[key] for p in self.points if key in p], marker="." if len(xs) < 50 else None)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        path = Path(directory) / CURVES_PNG
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        return path
