@@ -1,0 +1,222 @@
+"""The linguistic cold start: fine-tune Qwen2.5-VL on long reasoning traces with TRL's SFTTrainer.
+
+    ovr-train sft --config recipes/tiny-coldstart.yaml                     # 2-core CPU, ~1 minute
+    ovr-train sft --config recipes/tiny-coldstart.yaml max_steps=20 --resume
+    accelerate launch --num_processes 8 --use_deepspeed \\
+        --deepspeed_config_file recipes/deepspeed/zero3.json -m ovr_train.sft \\
+        --config recipes/ovr-7b-coldstart.yaml                              # the published recipe
+
+Settings come from the YAML file, then from ``key=value`` (or ``--key value``) overrides; the names
+are those of `SFTScriptArguments` below, TRL's `SFTConfig` and `ModelConfig`. Each example is brought
+to the OVR chat format (`ovr_train.data`) and trained on its assistant turn only. Text-only data is
+tokenized with the tokenizer as TRL's processing class, which lets TRL pack it (BFD) or batch it
+padding-free; `fix_packed_mrope_positions` keeps Qwen2.5-VL's M-RoPE attention within each packed
+sequence. The output directory is servable as is: ``ovr-serve --model OUTPUT_DIR``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
+
+from ovr_train.training_common import (
+    AtomicCheckpoints,
+    TrainingCurves,
+    default_report_to,
+    fix_packed_mrope_positions,
+    freeze_vision,
+    last_complete_checkpoint,
+    resolve_config,
+    save_resolved_config,
+    save_servable,
+)
+
+logger = logging.getLogger("ovr_train.sft")
+TINY_RANDOM = "tiny-random"  # model_name_or_path of the tiny recipe: the test model, untrained
+
+
+@dataclass
+class SFTScriptArguments:
+    """What the cold start adds to TRL's settings: the data, bad-row policy, freezing, resume."""
+
+    dataset: list[str] = field(
+        default_factory=list,
+        metadata={"help": "training files (.jsonl/.json/.parquet) or hub datasets (name[:split]); "
+                  "'synthetic:N' generates N arithmetic/counting traces (ovr_train.synthetic)"},
+    )
+    on_bad_rows: str = field(
+        default="error",
+        metadata={"help": "rows that break a data rule: 'error' refuses the data, 'skip' trains without "
+                  "them and reports how many; never silent", "choices": ["error", "skip"]},
+    )
+    max_rows: int | None = field(default=None, metadata={"help": "use only the first N rows (smoke runs)"})
+    freeze_vision: bool = field(
+        default=True,
+        metadata={"help": "freeze the vision tower and projector (the cold start is text-only)"},
+    )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "continue from the newest complete checkpoint in output_dir (same data order)"},
+    )
+    synthetic_seed: int = field(default=0, metadata={"help": "seed of the 'synthetic:N' data"})
+
+
+def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> str:
+    """Train, then write a servable checkpoint to ``training_args.output_dir``; returns its path."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+    from transformers.trainer_utils import set_seed
+
+    from ovr_train.data import build_dataset
+
+    # logging: the whole resolved configuration, printed and saved beside every checkpoint
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    set_seed(training_args.seed)
+    model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
+    resolved = resolve_config(script_args, training_args, model_args)
+    if training_args.process_index == 0:
+        logger.info("resolved config:\n%s", _render(resolved))
+
+    # data: one chat format, bad rows refused or skipped with a count
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    sources = _materialise_sources(script_args, training_args.output_dir)
+    train_dataset, report = build_dataset(
+        sources, script_args.on_bad_rows, tokenizer, training_args.max_length, script_args.max_rows
+    )
+    logger.info("data: %s", report.render())
+    has_images = "images" in train_dataset.column_names
+    if has_images and (training_args.packing or training_args.padding_free):
+        logger.warning("images in the data: TRL cannot pack or go padding-free with them; turning both off")
+        training_args.packing = training_args.padding_free = False
+
+    # model: Qwen2.5-VL, vision tower + projector frozen for text-only data
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_args.model_name_or_path,
+        dtype=_dtype(model_args.dtype, torch),
+        attn_implementation=model_args.attn_implementation,
+    )
+    if script_args.freeze_vision:
+        logger.info("frozen vision tower + projector: %d parameters", freeze_vision(model))
+    if fix_packed_mrope_positions(model):
+        logger.info("packed/padding-free batches: M-RoPE position fix installed")
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
+
+    # trainer: TRL does the work; text-only data goes through the tokenizer so packing is allowed
+    trainer = ColdStartTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=processor if has_images else tokenizer,
+        callbacks=[TrainingCurves()],
+    )
+    trainer.resolved_config = resolved
+
+    # train, resuming from the newest complete checkpoint when asked
+    checkpoint = last_complete_checkpoint(training_args.output_dir) if script_args.resume else None
+    if script_args.resume:
+        logger.info("resume: %s", checkpoint or "no complete checkpoint yet, starting fresh")
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+    # save: weights, processor, tokenizer, chat template, generation config, trainer state, plot
+    out = save_servable(trainer, processor, training_args.output_dir, resolved)
+    trainer.save_state()
+    if training_args.process_index == 0:
+        save_resolved_config(out, resolved)
+        logger.info("servable checkpoint written to %s (serve it: ovr-serve --model %s)", out, out)
+    return str(out)
+
+
+class ColdStartTrainer(AtomicCheckpoints, SFTTrainer):
+    """TRL's SFTTrainer with atomic checkpoints and a mean-sequence-length metric."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self._metrics["train"]["seq_length"].append(_mean_sequence_length(inputs))
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def resolve_model(name: str) -> str:
+    """A model path; ``tiny-random`` is the offline test model with random weights (built on first use)."""
+    if name == TINY_RANDOM:
+        from ovr_train.tiny_model import TinyModelSpec, cached_tiny_model
+
+        return str(cached_tiny_model(spec=TinyModelSpec(format_steps=0)))
+    return name
+
+
+def _mean_sequence_length(inputs) -> float:
+    """Mean real length of the sequences in a batch, padded or padding-free/packed."""
+    if "attention_mask" in inputs:
+        mask = inputs["attention_mask"]
+        return float(mask.sum() / mask.shape[0])
+    positions = inputs["position_ids"]
+    starts = int((positions == 0).sum())
+    # trailing padding of a padding-free batch also restarts at 0: count only starts followed by a 1
+    real = int(((positions[..., :-1] == 0) & (positions[..., 1:] == 1)).sum()) or starts
+    return float(positions.shape[-1]) / max(real, 1)
+
+
+def _materialise_sources(script_args: SFTScriptArguments, output_dir: str) -> list[str]:
+    """Data sources as paths; 'synthetic:N' is written once to ``output_dir/data/`` (reproducible)."""
+    from pathlib import Path
+
+    from ovr_train.data import write_jsonl
+    from ovr_train.synthetic import reasoning_examples
+
+    sources = []
+    for source in script_args.dataset:
+        if source.startswith("synthetic:"):
+            n = int(source.split(":", 1)[1])
+            path = Path(output_dir) / "data" / f"synthetic-{n}-seed{script_args.synthetic_seed}.jsonl"
+            if not path.exists():
+                rows = [{k: ex[k] for k in ("question", "reasoning", "answer")}
+                        for ex in reasoning_examples(n, seed=script_args.synthetic_seed)]
+                write_jsonl(rows, path.with_suffix(".tmp")).replace(path)
+            source = str(path)
+        sources.append(source)
+    if not sources:
+        raise SystemExit("ovr-train sft: no data; set dataset: [FILE, …] in the recipe or dataset=FILE")
+    return sources
+
+
+def _dtype(name: str | None, torch):
+    if name in (None, "auto"):
+        return "auto"
+    return getattr(torch, name)
+
+
+def _render(resolved: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(resolved, sort_keys=False, width=120)
+
+
+def parse_args(argv: list[str]) -> tuple[SFTScriptArguments, SFTConfig, ModelConfig]:
+    """``--config YAML`` plus ``key=value`` / ``--key value`` overrides, through TRL's parser."""
+    args = []
+    for token in argv:
+        if "=" in token and not token.startswith("-"):
+            key, value = token.split("=", 1)
+            args += [f"--{key}", value]
+        else:
+            args.append(token)
+    parser = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig), prog="ovr-train sft")
+    script_args, training_args, model_args = parser.parse_args_and_config(args)
+    if training_args.report_to in ("auto", ["auto"]):
+        training_args.report_to = default_report_to()
+    if model_args.use_peft:
+        raise SystemExit("ovr-train sft: the cold start is a full fine-tune; use_peft is not supported")
+    return script_args, training_args, model_args
+
+
+def cli(argv: list[str]) -> int:
+    """``ovr-train sft --config RECIPE [key=value …]``."""
+    main(*parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":  # `accelerate launch -m ovr_train.sft …`
+    sys.exit(cli(sys.argv[1:]))
