@@ -1,6 +1,6 @@
 """`ovr-train`: one console script, one subcommand per stage; each stage parses its own flags.
 
-    ovr-train tiny-model OUT            build the offline tiny Qwen2.5-VL test model
+ovr-train tiny-model OUT            build the offline tiny Qwen2.5-VL test model
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import sys
 # subcommand -> "module:function"; the function takes the remaining argv and returns an exit code.
 COMMANDS = {
     "tiny-model": ("ovr_train.tiny_model:cli", "build the tiny Qwen2.5-VL test model (offline)"),
+    "sft": ("ovr_train.sft:cli", "cold-start SFT with TRL: ovr-train sft --config RECIPE [key=value ...]"),
+    "data": ("ovr_train.data:cli", "validate training data: ovr-train data check FILE ..."),
 }
 
 
