@@ -37,7 +37,9 @@ def main() -> None:
     parser.add_argument("--model", help="checkpoint dir (default: the tiny test model)")
     parser.add_argument("--requests-per-level", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per level (median kept)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds per level (median kept)"
+    )
     parser.add_argument("--out", default=str(ROOT / "artifacts" / "bench" / "serve.json"))
     args = parser.parse_args()
     if not args.model:
@@ -45,7 +47,9 @@ def main() -> None:
 
         args.model = str(cached_tiny_model(ROOT / ".cache"))
     os.environ["OVR_BENCH_KEY"] = "bench-key"
-    cfg = ServeConfig(model=args.model, port=free_port(), api_key_env="OVR_BENCH_KEY", cpu_kvcache_gib=1)
+    cfg = ServeConfig(
+        model=args.model, port=free_port(), api_key_env="OVR_BENCH_KEY", cpu_kvcache_gib=1
+    )
     cfg, device, think, max_len = resolve(cfg)
 
     # Both servers up at once, load rounds alternating between them, medians kept: background load
@@ -53,17 +57,32 @@ def main() -> None:
     print("starting ovr-serve and bare vllm…", flush=True)
     servers = {"ovr-serve": start_server(cfg, resolved=(device, think, max_len))}
     try:
-        bare_cfg = ServeConfig(model=cfg.model, port=free_port(), cpu_kvcache_gib=cfg.cpu_kvcache_gib)
+        bare_cfg = ServeConfig(
+            model=cfg.model, port=free_port(), cpu_kvcache_gib=cfg.cpu_kvcache_gib
+        )
         servers["bare vllm"] = _start_bare(bare_cfg, device, max_len)
         keys = {"ovr-serve": "bench-key", "bare vllm": "none"}
         for name, handle in servers.items():  # warm-up
-            asyncio.run(_load(handle.base_url, keys[name], cfg.served_model_name, 4, 8, args.max_tokens))
+            asyncio.run(
+                _load(handle.base_url, keys[name], cfg.served_model_name, 4, 8, args.max_tokens)
+            )
         rounds: dict = {name: {c: [] for c in LEVELS} for name in servers}
         for c in LEVELS:
             for _ in range(args.rounds):
                 for name, handle in servers.items():
                     n = max(args.requests_per_level, c)
-                    rounds[name][c].append(asyncio.run(_load(handle.base_url, keys[name], cfg.served_model_name, c, n, args.max_tokens)))
+                    rounds[name][c].append(
+                        asyncio.run(
+                            _load(
+                                handle.base_url,
+                                keys[name],
+                                cfg.served_model_name,
+                                c,
+                                n,
+                                args.max_tokens,
+                            )
+                        )
+                    )
         results = {name: {c: _median(rs) for c, rs in per.items()} for name, per in rounds.items()}
     finally:
         for handle in servers.values():
@@ -83,16 +102,24 @@ def _start_bare(cfg: ServeConfig, device: str, max_len: int) -> ServerHandle:
             continue
         cmd.append(ours[i])
         i += 1
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(cfg.cpu_kvcache_gib), "VLLM_TARGET_DEVICE": device}
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": str(cfg.cpu_kvcache_gib),
+        "VLLM_TARGET_DEVICE": device,
+    }
     env.pop("VLLM_API_KEY", None)
     handle = ServerHandle(cfg)
     log = open(ROOT / "artifacts" / "bench" / "bare-vllm.log", "wb")  # noqa: SIM115
-    handle.processes.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    handle.processes.append(
+        subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    )
     _wait_healthy(handle, 900)
     return handle
 
 
-async def _load(base_url: str, key: str, model: str, concurrency: int, n: int, max_tokens: int) -> dict:
+async def _load(
+    base_url: str, key: str, model: str, concurrency: int, n: int, max_tokens: int
+) -> dict:
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0)
@@ -104,12 +131,23 @@ async def _load(base_url: str, key: str, model: str, concurrency: int, n: int, m
             start = time.perf_counter()
             first, count = None, 0
             stream = await client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": f"What is {i % 9 + 1} + 4?"}],
-                max_tokens=max_tokens, temperature=1.0, stream=True, stream_options={"include_usage": True},
+                model=model,
+                messages=[{"role": "user", "content": f"What is {i % 9 + 1} + 4?"}],
+                max_tokens=max_tokens,
+                temperature=1.0,
+                stream=True,
+                stream_options={"include_usage": True},
                 extra_body={"ignore_eos": True},
             )
             async for chunk in stream:
-                if first is None and chunk.choices and (chunk.choices[0].delta.content or getattr(chunk.choices[0].delta, "reasoning", None)):
+                if (
+                    first is None
+                    and chunk.choices
+                    and (
+                        chunk.choices[0].delta.content
+                        or getattr(chunk.choices[0].delta, "reasoning", None)
+                    )
+                ):
                     first = time.perf_counter() - start
                 if chunk.usage:
                     count = chunk.usage.completion_tokens
@@ -120,8 +158,12 @@ async def _load(base_url: str, key: str, model: str, concurrency: int, n: int, m
     await asyncio.gather(*(one(i) for i in range(n)))
     wall = time.perf_counter() - start
     await client.close()
-    return {"requests_per_s": n / wall, "output_tokens_per_s": sum(tokens) / wall,
-            "ttft_median_ms": 1000 * statistics.median(ttfts), "requests": n}
+    return {
+        "requests_per_s": n / wall,
+        "output_tokens_per_s": sum(tokens) / wall,
+        "ttft_median_ms": 1000 * statistics.median(ttfts),
+        "requests": n,
+    }
 
 
 def _median(runs: list[dict]) -> dict:
@@ -132,19 +174,32 @@ def _report(results: dict, args, device: str) -> None:
     ours, bare = results["ovr-serve"], results["bare vllm"]
     rows = []
     print(f"\nmodel {args.model} on {device}, {args.max_tokens} output tokens per request\n")
-    print(f"{'conc':>4} | {'req/s ovr':>9} {'bare':>7} {'ratio':>6} | {'tok/s ovr':>9} {'bare':>7} {'ratio':>6} | {'TTFT ms ovr':>11} {'bare':>7} {'ratio':>6}")
+    print(
+        f"{'conc':>4} | {'req/s ovr':>9} {'bare':>7} {'ratio':>6} | {'tok/s ovr':>9} {'bare':>7} {'ratio':>6} | {'TTFT ms ovr':>11} {'bare':>7} {'ratio':>6}"
+    )
     for c in LEVELS:
         o, b = ours[c], bare[c]
-        row = {"concurrency": c, "ovr": o, "bare": b,
-               "ratio_requests_per_s": o["requests_per_s"] / b["requests_per_s"],
-               "ratio_output_tokens_per_s": o["output_tokens_per_s"] / b["output_tokens_per_s"],
-               "ratio_ttft": o["ttft_median_ms"] / b["ttft_median_ms"]}
+        row = {
+            "concurrency": c,
+            "ovr": o,
+            "bare": b,
+            "ratio_requests_per_s": o["requests_per_s"] / b["requests_per_s"],
+            "ratio_output_tokens_per_s": o["output_tokens_per_s"] / b["output_tokens_per_s"],
+            "ratio_ttft": o["ttft_median_ms"] / b["ttft_median_ms"],
+        }
         rows.append(row)
-        print(f"{c:>4} | {o['requests_per_s']:>9.2f} {b['requests_per_s']:>7.2f} {row['ratio_requests_per_s']:>6.2f} | "
-              f"{o['output_tokens_per_s']:>9.0f} {b['output_tokens_per_s']:>7.0f} {row['ratio_output_tokens_per_s']:>6.2f} | "
-              f"{o['ttft_median_ms']:>11.1f} {b['ttft_median_ms']:>7.1f} {row['ratio_ttft']:>6.2f}")
+        print(
+            f"{c:>4} | {o['requests_per_s']:>9.2f} {b['requests_per_s']:>7.2f} {row['ratio_requests_per_s']:>6.2f} | "
+            f"{o['output_tokens_per_s']:>9.0f} {b['output_tokens_per_s']:>7.0f} {row['ratio_output_tokens_per_s']:>6.2f} | "
+            f"{o['ttft_median_ms']:>11.1f} {b['ttft_median_ms']:>7.1f} {row['ratio_ttft']:>6.2f}"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"model": args.model, "device": device, "max_tokens": args.max_tokens, "levels": rows}, indent=2))
+    Path(args.out).write_text(
+        json.dumps(
+            {"model": args.model, "device": device, "max_tokens": args.max_tokens, "levels": rows},
+            indent=2,
+        )
+    )
     print(f"\nwritten {args.out}")
 
 

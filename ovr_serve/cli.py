@@ -1,11 +1,11 @@
 """`ovr-serve`: serve OVR behind vLLM's OpenAI-compatible API (and the web UI with --ui).
 
-    ovr-serve                                  # Kangheng/OVR-7B-RL on 127.0.0.1:8000
-    ovr-serve --ui                             # plus the Gradio web UI on :7860
-    ovr-serve --demo --ui                      # the offline tiny test model, no download
-    ovr-serve --config serve.yaml --port 9000  # YAML settings, flags override them
-    ovr-serve --dry-run                        # print the exact vLLM command, run nothing
-    ovr-serve -- --max-num-seqs 64             # anything after -- goes to `vllm serve` as is
+ovr-serve                                  # Kangheng/OVR-7B-RL on 127.0.0.1:8000
+ovr-serve --ui                             # plus the Gradio web UI on :7860
+ovr-serve --demo --ui                      # the offline tiny test model, no download
+ovr-serve --config serve.yaml --port 9000  # YAML settings, flags override them
+ovr-serve --dry-run                        # print the exact vLLM command, run nothing
+ovr-serve -- --max-num-seqs 64             # anything after -- goes to `vllm serve` as is
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServeConfig, bool]:
         argv, passthrough = argv[:cut], argv[cut + 1 :]
     parser = HfArgumentParser(ServeConfig, prog="ovr-serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML file of settings (same names as the flags)")
-    parser.add_argument("--dry-run", "--dry_run", action="store_true", help="print the vLLM command and exit")
+    parser.add_argument(
+        "--dry-run", "--dry_run", action="store_true", help="print the vLLM command and exit"
+    )
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         parser.set_defaults(**load_yaml(pre.config))

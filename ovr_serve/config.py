@@ -35,7 +35,9 @@ class ServeConfig:
     port: int = field(default=8000, metadata={"help": "Port of the OpenAI-compatible endpoint."})
     api_key_env: str = field(
         default="OVR_API_KEY",
-        metadata={"help": "Environment variable holding the API key (never passed on a command line)."},
+        metadata={
+            "help": "Environment variable holding the API key (never passed on a command line)."
+        },
     )
     max_model_len: int | None = field(
         default=None,
@@ -49,20 +51,25 @@ class ServeConfig:
         default=1280 * 28 * 28,
         metadata={"help": "Qwen2.5-VL processor max_pixels: larger images are resized down to it."},
     )
-    min_pixels: int = field(default=4 * 28 * 28, metadata={"help": "Qwen2.5-VL processor min_pixels."})
+    min_pixels: int = field(
+        default=4 * 28 * 28, metadata={"help": "Qwen2.5-VL processor min_pixels."}
+    )
     max_image_bytes: int = field(
         default=20 * 1024 * 1024, metadata={"help": "Largest encoded image accepted, in bytes."}
     )
     max_image_input_pixels: int = field(
         default=8192 * 8192,
-        metadata={"help": "Largest decoded image (width x height) accepted; stops decompression bombs."},
+        metadata={
+            "help": "Largest decoded image (width x height) accepted; stops decompression bombs."
+        },
     )
     allowed_media_domains: list[str] = field(
         default_factory=list,
         metadata={"help": "Domains whose http(s) image URLs the server may fetch. Default: none."},
     )
     allowed_local_media_path: str | None = field(
-        default=None, metadata={"help": "Folder whose file:// images the server may read. Default: none."}
+        default=None,
+        metadata={"help": "Folder whose file:// images the server may read. Default: none."},
     )
     chat_template: str | None = field(
         default=None, metadata={"help": "Chat template file; default: the checkpoint's own."}
@@ -79,20 +86,27 @@ class ServeConfig:
     )
     enforce_eager: bool | None = field(
         default=None,
-        metadata={"help": "Skip graph compilation: faster start, slower tokens. Default: on for CPU."},
+        metadata={
+            "help": "Skip graph compilation: faster start, slower tokens. Default: on for CPU."
+        },
     )
     cpu_kvcache_gib: int = field(
         default=2, metadata={"help": "KV cache size on CPU, GiB (VLLM_CPU_KVCACHE_SPACE)."}
     )
     device: str = field(
-        default="auto", metadata={"help": "auto, cuda or cpu (which vLLM build is installed decides auto)."}
+        default="auto",
+        metadata={"help": "auto, cuda or cpu (which vLLM build is installed decides auto)."},
     )
-    ui: bool = field(default=False, metadata={"help": "Also start the Gradio web UI against the endpoint."})
+    ui: bool = field(
+        default=False, metadata={"help": "Also start the Gradio web UI against the endpoint."}
+    )
     ui_host: str = field(default="127.0.0.1", metadata={"help": "Address of the web UI."})
     ui_port: int = field(default=7860, metadata={"help": "Port of the web UI."})
     demo: bool = field(
         default=False,
-        metadata={"help": "Serve the offline tiny test model (built on first use): no download needed."},
+        metadata={
+            "help": "Serve the offline tiny test model (built on first use): no download needed."
+        },
     )
     startup_timeout: float = field(
         default=1800.0, metadata={"help": "Seconds to wait for /health before giving up."}
@@ -132,7 +146,9 @@ class ServeConfig:
         }
 
 
-def vllm_command(cfg: ServeConfig, device: str, think_in_prompt: bool, max_model_len: int) -> list[str]:
+def vllm_command(
+    cfg: ServeConfig, device: str, think_in_prompt: bool, max_model_len: int
+) -> list[str]:
     """The exact `vllm serve` command for these settings (argv; python is `python3`)."""
     cmd = ["python3", "-m", "ovr_serve.vllm_entry", "serve", cfg.model]
     cmd += ["--served-model-name", cfg.served_model_name]
@@ -141,7 +157,10 @@ def vllm_command(cfg: ServeConfig, device: str, think_in_prompt: bool, max_model
     cmd += ["--reasoning-parser-plugin", "ovr_serve.reasoning", "--reasoning-parser", "ovr"]
     cmd += ["--middleware", "ovr_serve.guard.RequestGuard"]
     cmd += ["--limit-mm-per-prompt", json.dumps({"image": cfg.max_images, "video": 0})]
-    cmd += ["--mm-processor-kwargs", json.dumps({"max_pixels": cfg.max_pixels, "min_pixels": cfg.min_pixels})]
+    cmd += [
+        "--mm-processor-kwargs",
+        json.dumps({"max_pixels": cfg.max_pixels, "min_pixels": cfg.min_pixels}),
+    ]
     cmd += ["--generation-config", "auto"]
     if cfg.allowed_media_domains:
         cmd += ["--allowed-media-domains", *cfg.allowed_media_domains]
@@ -176,7 +195,9 @@ def render_dry_run(cfg: ServeConfig, device: str, think_in_prompt: bool, max_mod
     """Shell text of the command `ovr-serve` would run, env included (secrets by name only)."""
     env = child_env(cfg, device, think_in_prompt)
     lines = [f"{k}={shlex.quote(v)}" for k, v in env.items()]
-    lines.append(f"# API key: read from ${cfg.api_key_env} ({'set' if cfg.api_key() else 'not set'})")
+    lines.append(
+        f"# API key: read from ${cfg.api_key_env} ({'set' if cfg.api_key() else 'not set'})"
+    )
     lines.append(shlex.join(vllm_command(cfg, device, think_in_prompt, max_model_len)))
     return "\n".join(lines)
 

@@ -238,7 +238,9 @@ def answer_matches(completion: str, gold: str, think_in_prompt: bool = False) ->
     boxed = extract_boxed(split.answer)
     if boxed is None:
         return False
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns on every call without timeouts
+    logging.getLogger("math_verify").setLevel(
+        logging.ERROR
+    )  # it warns on every call without timeouts
     gold_parsed = parse(wrap_gold(gold), parsing_timeout=None)
     pred_parsed = parse(f"${BOXED}{{{boxed}}}$", parsing_timeout=None)
     if not gold_parsed or not pred_parsed:

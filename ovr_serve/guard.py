@@ -53,7 +53,15 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
         if self.api_key and path not in self.open_routes and not self._authorised(scope):
-            return await _refuse(scope, send, GuardError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key"))
+            return await _refuse(
+                scope,
+                send,
+                GuardError(
+                    401,
+                    "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                    "invalid_api_key",
+                ),
+            )
         if scope["type"] != "http" or scope.get("method") != "POST":
             return await self.app(scope, receive, send)
         try:
@@ -70,7 +78,11 @@ class RequestGuard:
     def _authorised(self, scope) -> bool:
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"authorization", b"").decode("latin-1")
-        token = given[7:] if given.lower().startswith("bearer ") else headers.get(b"x-api-key", b"").decode("latin-1")
+        token = (
+            given[7:]
+            if given.lower().startswith("bearer ")
+            else headers.get(b"x-api-key", b"").decode("latin-1")
+        )
         return bool(token) and hmac.compare_digest(token.encode(), self.api_key.encode())
 
     def check_json_body(self, body: bytes, path: str) -> None:
@@ -86,7 +98,10 @@ class RequestGuard:
                 raise GuardError(400, "'messages' must be a non-empty list of chat messages")
         images = list(_media_refs(payload))
         if len(images) > self.settings.get("max_images", 4):
-            raise GuardError(400, f"too many images: {len(images)} in one request, at most {self.settings.get('max_images', 4)} allowed")
+            raise GuardError(
+                400,
+                f"too many images: {len(images)} in one request, at most {self.settings.get('max_images', 4)} allowed",
+            )
         for ref in images:
             self._check_image(ref)
 
@@ -98,14 +113,24 @@ class RequestGuard:
             allowed = self.settings.get("allowed_media_domains") or []
             if parsed.hostname and parsed.hostname.lower() in [d.lower() for d in allowed]:
                 return None
-            raise GuardError(400, f"image URLs from {parsed.hostname!r} are not fetched by this server: send the image as a data URL (base64), or start ovr-serve with --allowed_media_domains")
+            raise GuardError(
+                400,
+                f"image URLs from {parsed.hostname!r} are not fetched by this server: send the image as a data URL (base64), or start ovr-serve with --allowed_media_domains",
+            )
         if parsed.scheme == "file":
             folder = self.settings.get("allowed_local_media_path")
             real = os.path.realpath(parsed.path)
-            if folder and os.path.commonpath([real, os.path.realpath(folder)]) == os.path.realpath(folder):
+            if folder and os.path.commonpath([real, os.path.realpath(folder)]) == os.path.realpath(
+                folder
+            ):
                 return None
-            raise GuardError(400, "file:// image URLs are not read by this server: send the image as a data URL, or start ovr-serve with --allowed_local_media_path")
-        raise GuardError(400, f"unsupported image reference {ref[:40]!r}: use a data:image/...;base64 URL")
+            raise GuardError(
+                400,
+                "file:// image URLs are not read by this server: send the image as a data URL, or start ovr-serve with --allowed_local_media_path",
+            )
+        raise GuardError(
+            400, f"unsupported image reference {ref[:40]!r}: use a data:image/...;base64 URL"
+        )
 
     def _check_data_url(self, url: str) -> None:
         from PIL import Image
@@ -115,20 +140,32 @@ class RequestGuard:
             raise GuardError(400, "image data URLs must be base64: data:image/png;base64,...")
         max_bytes = self.settings.get("max_image_bytes", 20 << 20)
         if len(data) * 3 // 4 > max_bytes:
-            raise GuardError(413, f"image too large: over {max_bytes} bytes encoded", "image_too_large")
+            raise GuardError(
+                413, f"image too large: over {max_bytes} bytes encoded", "image_too_large"
+            )
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
-            raise GuardError(400, "image data URL is not valid base64 (truncated or corrupted?)") from None
+            raise GuardError(
+                400, "image data URL is not valid base64 (truncated or corrupted?)"
+            ) from None
         try:
             with Image.open(io.BytesIO(raw)) as img:  # reads the header only
                 width, height = img.size
         except Image.DecompressionBombError:
-            raise GuardError(413, "image too large: decompression bomb refused", "image_too_large") from None
+            raise GuardError(
+                413, "image too large: decompression bomb refused", "image_too_large"
+            ) from None
         except Exception:
-            raise GuardError(400, "image data does not decode as an image (PNG, JPEG, WebP, GIF…)") from None
+            raise GuardError(
+                400, "image data does not decode as an image (PNG, JPEG, WebP, GIF…)"
+            ) from None
         if width * height > self.settings.get("max_image_input_pixels", 8192 * 8192):
-            raise GuardError(413, f"image too large: {width}x{height} pixels, at most {self.settings.get('max_image_input_pixels')} pixels", "image_too_large")
+            raise GuardError(
+                413,
+                f"image too large: {width}x{height} pixels, at most {self.settings.get('max_image_input_pixels')} pixels",
+                "image_too_large",
+            )
 
 
 _MEDIA_KEYS = ("image_url", "image", "video_url", "video", "audio_url", "input_audio", "file")
@@ -141,7 +178,9 @@ def _media_refs(node, parent_key: str | None = None):
             yield f"data:{node.get('media_type', 'image/png')};base64,{node['data']}"
             return
         for key, value in node.items():
-            if isinstance(value, str) and (key in _MEDIA_KEYS or (key == "url" and parent_key in _MEDIA_KEYS + ("source",))):
+            if isinstance(value, str) and (
+                key in _MEDIA_KEYS or (key == "url" and parent_key in _MEDIA_KEYS + ("source",))
+            ):
                 yield value
             else:
                 yield from _media_refs(value, key)
@@ -189,8 +228,13 @@ async def _refuse(scope, send, err: GuardError) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 4401 if err.status == 401 else 4400})
         return
-    payload = json.dumps({"error": {"message": err.message, "type": err.code, "code": err.status}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    payload = json.dumps(
+        {"error": {"message": err.message, "type": err.code, "code": err.status}}
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
     if err.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})

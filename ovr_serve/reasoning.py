@@ -85,7 +85,9 @@ class OVRReasoningParser(ReasoningParser):
         text = self._decode(input_ids).rsplit("<|im_start|>", 1)[-1]
         return THINK_CLOSE in text and text.rfind(THINK_CLOSE) > text.rfind(THINK_OPEN)
 
-    def is_reasoning_end_streaming(self, input_ids: Sequence[int], delta_ids: Iterable[int]) -> bool:
+    def is_reasoning_end_streaming(
+        self, input_ids: Sequence[int], delta_ids: Iterable[int]
+    ) -> bool:
         window = list(input_ids[-(len(list(delta_ids)) + 8) :])
         return THINK_CLOSE in self._decode(window)
 

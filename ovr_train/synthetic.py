@@ -24,7 +24,12 @@ def arithmetic_example(rng: random.Random) -> dict:
     if rng.random() < 0.3:
         steps.append(f"Wait, let me check: {value} is right.")
     answer = f"The answer is \\boxed{{{value}}}."
-    return {"question": question, "reasoning": " ".join(steps), "answer": answer, "gold": str(value)}
+    return {
+        "question": question,
+        "reasoning": " ".join(steps),
+        "answer": answer,
+        "gold": str(value),
+    }
 
 
 def counting_example(rng: random.Random) -> dict:

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from ovr_serve.format import THINK_CLOSE, THINK_OPEN
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "ovr_serve" / "templates" / "qwen2_5_vl.jinja"
+TEMPLATE_PATH = (
+    Path(__file__).resolve().parent.parent / "ovr_serve" / "templates" / "qwen2_5_vl.jinja"
+)
 
 # Qwen2.5-VL's special tokens, in its order; the config's token ids are read from the tokenizer.
 SPECIAL_TOKENS = [
@@ -152,7 +154,9 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec | None = No
     return out
 
 
-def cached_tiny_model(cache_dir: str | os.PathLike | None = None, spec: TinyModelSpec | None = None) -> Path:
+def cached_tiny_model(
+    cache_dir: str | os.PathLike | None = None, spec: TinyModelSpec | None = None
+) -> Path:
     """Path of the tiny model for this spec and builder version, building it on first use."""
     spec = spec or TinyModelSpec()
     key = hashlib.sha256(
@@ -224,7 +228,9 @@ def _teach_format(model, tokenizer, spec: TinyModelSpec) -> None:
     rows = []
     for ex in examples:
         prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": ex["question"]}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": ex["question"]}],
+            tokenize=False,
+            add_generation_prompt=True,
         )
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         c_ids = tokenizer(ex["completion"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
@@ -250,10 +256,16 @@ def cli(argv: list[str]) -> int:
     """``ovr-train tiny-model OUT [--format-steps N] [--seed S]``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="ovr-train tiny-model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ovr-train tiny-model", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("out", help="directory to write the checkpoint to (replaced if present)")
-    parser.add_argument("--format-steps", type=int, default=TinyModelSpec.format_steps,
-                        help="training steps on synthetic traces (0: random weights)")
+    parser.add_argument(
+        "--format-steps",
+        type=int,
+        default=TinyModelSpec.format_steps,
+        help="training steps on synthetic traces (0: random weights)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     path = build_tiny_model(args.out, TinyModelSpec(format_steps=args.format_steps, seed=args.seed))

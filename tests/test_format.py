@@ -19,7 +19,11 @@ from ovr_serve.format import (
 # text, think_in_prompt, expected (reasoning, answer, closed, had_reasoning)
 SPLIT_CASES = [
     ("<think>a</think>b", False, ("a", "b", True, True)),
-    ("<think>\nstep\n</think>\n\nThe answer is \\boxed{7}.", False, ("\nstep\n", "The answer is \\boxed{7}.", True, True)),
+    (
+        "<think>\nstep\n</think>\n\nThe answer is \\boxed{7}.",
+        False,
+        ("\nstep\n", "The answer is \\boxed{7}.", True, True),
+    ),
     ("  <think>x</think>  y", False, ("x", "y", True, True)),
     ("plain answer \\boxed{3}", False, ("", "plain answer \\boxed{3}", False, False)),
     ("<think>cut off before the end", False, ("cut off before the end", "", False, True)),
@@ -29,7 +33,11 @@ SPLIT_CASES = [
     ("<think>r</think>", False, ("r", "", True, True)),
     ("<think>a</think>b</think>c", False, ("a", "b</think>c", True, True)),
     ("opened in the prompt</think>answer", True, ("opened in the prompt", "answer", True, True)),
-    ("opened in the prompt, never closed", True, ("opened in the prompt, never closed", "", False, True)),
+    (
+        "opened in the prompt, never closed",
+        True,
+        ("opened in the prompt, never closed", "", False, True),
+    ),
     ("", False, ("", "", False, False)),
     ("\n\n", False, ("", "", False, False)),
     ("<think>a < b and c </ d</think>ok", False, ("a < b and c </ d", "ok", True, True)),
@@ -48,7 +56,7 @@ def test_stream_gives_the_same_split_for_any_chunking(text, think_in_prompt, exp
     chunkings = [[c for c in text]]  # char by char, like one token each
     for _ in range(20):
         cuts = sorted(rng.sample(range(len(text) + 1), k=min(len(text), rng.randint(0, 5))))
-        chunkings.append([text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])])
+        chunkings.append([text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)], strict=True)])
     for chunks in chunkings:
         stream = ReasoningStream(think_in_prompt)
         reasoning = answer = ""

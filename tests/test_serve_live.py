@@ -38,11 +38,15 @@ def image_message(url: str, text: str = QUESTION, n: int = 1) -> list[dict]:
 
 def chat_both_ways(client, model, messages, **kw):
     """The same request non-streaming and streaming; returns both (reasoning, content, finish)."""
-    whole = client.chat.completions.create(model=model, messages=messages, temperature=0, seed=0, **kw)
+    whole = client.chat.completions.create(
+        model=model, messages=messages, temperature=0, seed=0, **kw
+    )
     msg = whole.choices[0].message
     a = (msg.reasoning, msg.content, whole.choices[0].finish_reason)
     reasoning, content, finish = None, None, None
-    for chunk in client.chat.completions.create(model=model, messages=messages, temperature=0, seed=0, stream=True, **kw):
+    for chunk in client.chat.completions.create(
+        model=model, messages=messages, temperature=0, seed=0, stream=True, **kw
+    ):
         if not chunk.choices:
             continue
         delta = chunk.choices[0].delta
@@ -56,19 +60,30 @@ def chat_both_ways(client, model, messages, **kw):
 
 def test_chat_with_image_splits_reasoning_and_answer_the_same_streaming_or_not(ovr_server):
     client = ovr_server.client()
-    whole, streamed = chat_both_ways(client, ovr_server.model, image_message(png_data_url()), max_tokens=120)
+    whole, streamed = chat_both_ways(
+        client, ovr_server.model, image_message(png_data_url()), max_tokens=120
+    )
     assert whole == streamed
-    text_whole, text_streamed = chat_both_ways(client, ovr_server.model, [{"role": "user", "content": QUESTION}], max_tokens=120)
+    text_whole, text_streamed = chat_both_ways(
+        client, ovr_server.model, [{"role": "user", "content": QUESTION}], max_tokens=120
+    )
     assert text_whole == text_streamed
     reasoning, content, finish = text_whole
     # The tiny model has learned the format: a closed trace, then an answer with a box.
-    assert finish == "stop" and reasoning and "</think>" not in reasoning and "<think>" not in reasoning
+    assert (
+        finish == "stop"
+        and reasoning
+        and "</think>" not in reasoning
+        and "<think>" not in reasoning
+    )
     assert content and "\\boxed{" in content and "</think>" not in content
 
 
 def test_trace_cut_by_max_tokens_is_all_reasoning_in_both_modes(ovr_server):
     client = ovr_server.client()
-    whole, streamed = chat_both_ways(client, ovr_server.model, [{"role": "user", "content": QUESTION}], max_tokens=4)
+    whole, streamed = chat_both_ways(
+        client, ovr_server.model, [{"role": "user", "content": QUESTION}], max_tokens=4
+    )
     assert whole == streamed
     reasoning, content, finish = whole
     assert finish == "length" and reasoning and content is None
@@ -91,9 +106,22 @@ def test_every_inference_route_needs_the_key(ovr_server):
         if path in open_routes or "{" in path:
             continue
         for method in methods:
-            resp = httpx.request(method.upper(), ovr_server.root + path, json={"model": "ovr", "messages": [{"role": "user", "content": "hi"}], "prompt": "hi"})
+            resp = httpx.request(
+                method.upper(),
+                ovr_server.root + path,
+                json={
+                    "model": "ovr",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "prompt": "hi",
+                },
+            )
             assert resp.status_code == 401, (method, path, resp.status_code)
-            wrong = httpx.request(method.upper(), ovr_server.root + path, headers={"Authorization": "Bearer wrong"}, json={})
+            wrong = httpx.request(
+                method.upper(),
+                ovr_server.root + path,
+                headers={"Authorization": "Bearer wrong"},
+                json={},
+            )
             assert wrong.status_code == 401, (method, path)
             checked.append(path)
     assert {"/v1/chat/completions", "/invocations", "/tokenize", "/v1/models"} <= set(checked)
@@ -134,7 +162,9 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_stays_healthy(ovr_server):
 
     cases = {
         "truncated base64": body(image_message(good[: len(good) // 2 + 3])),
-        "bytes that are no image": body(image_message("data:image/png;base64," + base64.b64encode(b"hello, not a png").decode())),
+        "bytes that are no image": body(
+            image_message("data:image/png;base64," + base64.b64encode(b"hello, not a png").decode())
+        ),
         "decompression bomb": body(image_message(_bomb_data_url())),
         "too many images": body(image_message(good, n=5)),
         "local http URL": body(image_message(local_url)),
@@ -148,7 +178,9 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_stays_healthy(ovr_server):
             assert 400 <= resp.status_code < 500, (name, resp.status_code, resp.text[:300])
             assert resp.json()["error"]["message"], name
             assert httpx.get(ovr_server.root + "/health").status_code == 200, name
-            after = ovr_server.client().chat.completions.create(model="ovr", messages=[{"role": "user", "content": QUESTION}], max_tokens=8)
+            after = ovr_server.client().chat.completions.create(
+                model="ovr", messages=[{"role": "user", "content": QUESTION}], max_tokens=8
+            )
             assert after.choices[0].finish_reason in ("stop", "length"), name
         assert _Recorder.hits == []  # the local URL was never fetched
     finally:
@@ -159,8 +191,21 @@ def test_ovr_serve_command_stops_every_child_on_sigterm(tiny_model_path, tmp_pat
     port = free_port()
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ovr_serve.cli", "--model", str(tiny_model_path), "--port", str(port), "--cpu_kvcache_gib", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "OVR_API_KEY": ""},
+        [
+            sys.executable,
+            "-m",
+            "ovr_serve.cli",
+            "--model",
+            str(tiny_model_path),
+            "--port",
+            str(port),
+            "--cpu_kvcache_gib",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "OVR_API_KEY": ""},
     )
     try:
         deadline = time.monotonic() + 600
@@ -182,3 +227,41 @@ def test_ovr_serve_command_stops_every_child_on_sigterm(tiny_model_path, tmp_pat
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server_with_think_in_prompt(tiny_model_path, tmp_path_factory):
+    """A second server whose chat template opens <think> in the prompt (so output has only </think>)."""
+    from ovr_serve.config import ServeConfig
+    from ovr_serve.launch import start_server
+
+    template = tmp_path_factory.mktemp("tpl") / "think.jinja"
+    template.write_text(
+        (tiny_model_path / "chat_template.jinja").read_text()
+        + "{% if add_generation_prompt %}<think>\n{% endif %}"
+    )
+    cfg = ServeConfig(
+        model=str(tiny_model_path),
+        port=free_port(),
+        chat_template=str(template),
+        api_key_env="OVR_NO_KEY_SET",
+        cpu_kvcache_gib=1,
+    )
+    handle = start_server(cfg, log_path=tmp_path_factory.mktemp("log") / "serve.log")
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def test_template_that_opens_think_still_splits_the_same_both_ways(server_with_think_in_prompt):
+    client = openai.OpenAI(base_url=server_with_think_in_prompt.base_url, api_key="none")
+    for max_tokens in (120, 4):
+        whole, streamed = chat_both_ways(
+            client, "ovr", [{"role": "user", "content": QUESTION}], max_tokens=max_tokens
+        )
+        assert whole == streamed
+        reasoning, content, finish = whole
+        assert reasoning and "<think>" not in reasoning and "</think>" not in reasoning
+        if finish == "length" and max_tokens == 4:
+            assert content is None
