@@ -64,8 +64,16 @@ class SFTScriptArguments:
     synthetic_seed: int = field(default=0, metadata={"help": "seed of the 'synthetic:N' data"})
 
 
-def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> str:
-    """Train, then write a servable checkpoint to ``training_args.output_dir``; returns its path."""
+def main(
+    script_args: SFTScriptArguments,
+    training_args: SFTConfig,
+    model_args: ModelConfig,
+    callbacks: list | None = None,
+) -> str:
+    """Train, then write a servable checkpoint to ``training_args.output_dir``; returns its path.
+
+    ``callbacks`` are extra ``transformers.TrainerCallback``s (tests use one to kill a run mid-way).
+    """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
     from transformers.trainer_utils import set_seed
@@ -110,7 +118,7 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
         args=training_args,
         train_dataset=train_dataset,
         processing_class=processor if has_images else tokenizer,
-        callbacks=[TrainingCurves()],
+        callbacks=[TrainingCurves(), *(callbacks or [])],
     )
     trainer.resolved_config = resolved
 
