@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from ovr_train.training_common import (
-    AtomicCheckpoints,
+    SafeCheckpoints,
     TrainingCurves,
     default_report_to,
     fix_packed_mrope_positions,
@@ -137,8 +137,8 @@ def main(
     return str(out)
 
 
-class ColdStartTrainer(AtomicCheckpoints, SFTTrainer):
-    """TRL's SFTTrainer with atomic checkpoints and a mean-sequence-length metric."""
+class ColdStartTrainer(SafeCheckpoints, SFTTrainer):
+    """TRL's SFTTrainer with safe checkpoints (atomic, read back right) and a sequence-length metric."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
