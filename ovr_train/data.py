@@ -73,7 +73,9 @@ class Report:
             if not places:
                 continue
             shown = ", ".join(f"{Path(src).name}:{row}" for src, row in places[:max_rows_listed])
-            more = f" (+{len(places) - max_rows_listed} more)" if len(places) > max_rows_listed else ""
+            more = (
+                f" (+{len(places) - max_rows_listed} more)" if len(places) > max_rows_listed else ""
+            )
             lines.append(f"  {rule:<17} {len(places):>6}  {RULES[rule]}; rows {shown}{more}")
         return "\n".join(lines)
 
@@ -117,7 +119,12 @@ def normalize_row(row: dict) -> tuple[dict | None, list[str]]:
         if THINK_CLOSE in raw and not raw.lstrip().startswith(THINK_OPEN):
             raw = f"{THINK_OPEN}\n{raw.lstrip()}"  # R1-style traces whose template opened <think>
         split = split_reasoning(raw)
-        if split.had_reasoning and not split.closed or THINK_OPEN in split.answer or THINK_CLOSE in split.answer:
+        if (
+            split.had_reasoning
+            and not split.closed
+            or THINK_OPEN in split.answer
+            or THINK_CLOSE in split.answer
+        ):
             problems.append("unclosed_think")
         reasoning, answer = split.reasoning, split.answer
     if not (reasoning or "").strip():
@@ -168,7 +175,9 @@ def check_rows(
     return examples, report
 
 
-def build_dataset(sources: list[str], on_bad_rows: str = "error", tokenizer=None, max_length=None, limit=None):
+def build_dataset(
+    sources: list[str], on_bad_rows: str = "error", tokenizer=None, max_length=None, limit=None
+):
     """A ``datasets.Dataset`` of normalised examples; bad rows raise (``error``) or are skipped loudly."""
     from datasets import Dataset
 
@@ -290,7 +299,9 @@ def cli(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate files and report bad rows per rule")
     check.add_argument("files", nargs="+", help="JSONL/JSON/Parquet files or hub dataset names")
-    check.add_argument("--model", help="checkpoint whose tokenizer measures length (for --max-length)")
+    check.add_argument(
+        "--model", help="checkpoint whose tokenizer measures length (for --max-length)"
+    )
     check.add_argument("--max-length", type=int, help="flag rows longer than this many tokens")
     check.add_argument("--rows", type=int, default=10, help="row numbers listed per rule")
     args = parser.parse_args(argv)

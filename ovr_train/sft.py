@@ -44,22 +44,31 @@ class SFTScriptArguments:
 
     dataset: list[str] = field(
         default_factory=list,
-        metadata={"help": "training files (.jsonl/.json/.parquet) or hub datasets (name[:split]); "
-                  "'synthetic:N' generates N arithmetic/counting traces (ovr_train.synthetic)"},
+        metadata={
+            "help": "training files (.jsonl/.json/.parquet) or hub datasets (name[:split]); "
+            "'synthetic:N' generates N arithmetic/counting traces (ovr_train.synthetic)"
+        },
     )
     on_bad_rows: str = field(
         default="error",
-        metadata={"help": "rows that break a data rule: 'error' refuses the data, 'skip' trains without "
-                  "them and reports how many; never silent", "choices": ["error", "skip"]},
+        metadata={
+            "help": "rows that break a data rule: 'error' refuses the data, 'skip' trains without "
+            "them and reports how many; never silent",
+            "choices": ["error", "skip"],
+        },
     )
-    max_rows: int | None = field(default=None, metadata={"help": "use only the first N rows (smoke runs)"})
+    max_rows: int | None = field(
+        default=None, metadata={"help": "use only the first N rows (smoke runs)"}
+    )
     freeze_vision: bool = field(
         default=True,
         metadata={"help": "freeze the vision tower and projector (the cold start is text-only)"},
     )
     resume: bool = field(
         default=False,
-        metadata={"help": "continue from the newest complete checkpoint in output_dir (same data order)"},
+        metadata={
+            "help": "continue from the newest complete checkpoint in output_dir (same data order)"
+        },
     )
     synthetic_seed: int = field(default=0, metadata={"help": "seed of the 'synthetic:N' data"})
 
@@ -97,7 +106,9 @@ def main(
     logger.info("data: %s", report.render())
     has_images = "images" in train_dataset.column_names
     if has_images and (training_args.packing or training_args.padding_free):
-        logger.warning("images in the data: TRL cannot pack or go padding-free with them; turning both off")
+        logger.warning(
+            "images in the data: TRL cannot pack or go padding-free with them; turning both off"
+        )
         training_args.packing = training_args.padding_free = False
 
     # model: Qwen2.5-VL, vision tower + projector frozen for text-only data
@@ -178,15 +189,21 @@ def _materialise_sources(script_args: SFTScriptArguments, output_dir: str) -> li
     for source in script_args.dataset:
         if source.startswith("synthetic:"):
             n = int(source.split(":", 1)[1])
-            path = Path(output_dir) / "data" / f"synthetic-{n}-seed{script_args.synthetic_seed}.jsonl"
+            path = (
+                Path(output_dir) / "data" / f"synthetic-{n}-seed{script_args.synthetic_seed}.jsonl"
+            )
             if not path.exists():
-                rows = [{k: ex[k] for k in ("question", "reasoning", "answer")}
-                        for ex in reasoning_examples(n, seed=script_args.synthetic_seed)]
+                rows = [
+                    {k: ex[k] for k in ("question", "reasoning", "answer")}
+                    for ex in reasoning_examples(n, seed=script_args.synthetic_seed)
+                ]
                 write_jsonl(rows, path.with_suffix(".tmp")).replace(path)
             source = str(path)
         sources.append(source)
     if not sources:
-        raise SystemExit("ovr-train sft: no data; set dataset: [FILE, …] in the recipe or dataset=FILE")
+        raise SystemExit(
+            "ovr-train sft: no data; set dataset: [FILE, …] in the recipe or dataset=FILE"
+        )
     return sources
 
 
@@ -216,7 +233,9 @@ def parse_args(argv: list[str]) -> tuple[SFTScriptArguments, SFTConfig, ModelCon
     if training_args.report_to in ("auto", ["auto"]):
         training_args.report_to = default_report_to()
     if model_args.use_peft:
-        raise SystemExit("ovr-train sft: the cold start is a full fine-tune; use_peft is not supported")
+        raise SystemExit(
+            "ovr-train sft: the cold start is a full fine-tune; use_peft is not supported"
+        )
     return script_args, training_args, model_args
 
 

@@ -113,12 +113,18 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     steps = []
     for path in root.iterdir():
         suffix = path.name.removeprefix(CHECKPOINT_PREFIX)
-        if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (path / "trainer_state.json").exists():
+        if (
+            path.name.startswith(CHECKPOINT_PREFIX)
+            and suffix.isdigit()
+            and (path / "trainer_state.json").exists()
+        ):
             steps.append((int(suffix), path))
     return str(max(steps)[1]) if steps else None
 
 
-def save_servable(trainer, processor, output_dir: str | os.PathLike, resolved_config: dict | None = None) -> Path:
+def save_servable(
+    trainer, processor, output_dir: str | os.PathLike, resolved_config: dict | None = None
+) -> Path:
     """Write the final model so ovr-serve can serve ``output_dir`` as is; returns the path.
 
     Everything is written to ``.staging-final/`` first (all ranks take part: ZeRO-3 gathers the
@@ -177,7 +183,11 @@ def fix_packed_mrope_positions(model) -> bool:
 
     def to_four_rows(module, args, kwargs):
         position_ids = kwargs.get("position_ids")
-        if position_ids is not None and position_ids.ndim == 2 and kwargs.get("attention_mask") is None:
+        if (
+            position_ids is not None
+            and position_ids.ndim == 2
+            and kwargs.get("attention_mask") is None
+        ):
             kwargs["position_ids"] = position_ids[None].expand(4, -1, -1)
         return args, kwargs
 
@@ -209,7 +219,13 @@ def resolve_config(*configs) -> dict:
     """The run's whole configuration as one JSON-able dict (dataclass name -> fields)."""
     out = {}
     for cfg in configs:
-        data = cfg.to_dict() if hasattr(cfg, "to_dict") else asdict(cfg) if is_dataclass(cfg) else dict(cfg)
+        data = (
+            cfg.to_dict()
+            if hasattr(cfg, "to_dict")
+            else asdict(cfg)
+            if is_dataclass(cfg)
+            else dict(cfg)
+        )
         out[type(cfg).__name__] = json.loads(json.dumps(data, default=str))
     return out
 
@@ -236,7 +252,10 @@ class TrainingCurves(TrainerCallback):
         if not logs or "loss" not in logs:
             return
         now = time.monotonic()
-        point = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, int | float)}}
+        point = {
+            "step": state.global_step,
+            **{k: v for k, v in logs.items() if isinstance(v, int | float)},
+        }
         tokens = logs.get("num_tokens")
         if tokens is not None and self._last is not None and now > self._last[0]:
             point["tokens_per_second"] = (tokens - self._last[1]) / (now - self._last[0])
@@ -253,12 +272,18 @@ class TrainingCurves(TrainerCallback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        panels = [("loss", "loss"), ("learning_rate", "learning rate"),
-                  ("tokens_per_second", "tokens/s"), ("seq_length", "mean sequence length")]
+        panels = [
+            ("loss", "loss"),
+            ("learning_rate", "learning rate"),
+            ("tokens_per_second", "tokens/s"),
+            ("seq_length", "mean sequence length"),
+        ]
         fig, axes = plt.subplots(2, 2, figsize=(10, 6), constrained_layout=True)
         for ax, (key, title) in zip(axes.flat, panels, strict=True):
             xs = [p["step"] for p in self.points if key in p]
-            ax.plot(xs, [p[key] for p in self.points if key in p], marker="." if len(xs) < 50 else None)
+            ax.plot(
+                xs, [p[key] for p in self.points if key in p], marker="." if len(xs) < 50 else None
+            )
             ax.set_title(title)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)

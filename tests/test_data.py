@@ -14,23 +14,51 @@ GOOD = "<think>\n7 times 6 is 42.\n</think>\n\nThe answer is \\boxed{42}."
 # (row, expected problems); a good row's completion must come out well formed.
 SHAPES = [
     ({"question": "7*6?", "reasoning": "7 times 6 is 42.", "answer": "\\boxed{42}"}, []),
-    ({"question": "7*6?", "reasoning": "7 times 6 is 42.", "answer": "42"}, []),  # bare answer gets boxed
+    (
+        {"question": "7*6?", "reasoning": "7 times 6 is 42.", "answer": "42"},
+        [],
+    ),  # bare answer gets boxed
     ({"prompt": "7*6?", "response": GOOD}, []),
     ({"prompt": "7*6?", "completion": GOOD}, []),
-    ({"prompt": "7*6?", "response": "7 times 6 is 42.\n</think>\n\n\\boxed{42}"}, []),  # R1: template opened <think>
-    ({"messages": [{"role": "user", "content": "7*6?"}, {"role": "assistant", "content": GOOD}]}, []),
-    ({"messages": [{"role": "user", "content": "7*6?"},
-                   {"role": "assistant", "content": "\\boxed{42}", "reasoning_content": "7 times 6."}]}, []),
+    (
+        {"prompt": "7*6?", "response": "7 times 6 is 42.\n</think>\n\n\\boxed{42}"},
+        [],
+    ),  # R1: template opened <think>
+    (
+        {"messages": [{"role": "user", "content": "7*6?"}, {"role": "assistant", "content": GOOD}]},
+        [],
+    ),
+    (
+        {
+            "messages": [
+                {"role": "user", "content": "7*6?"},
+                {"role": "assistant", "content": "\\boxed{42}", "reasoning_content": "7 times 6."},
+            ]
+        },
+        [],
+    ),
     ({"conversations": [{"from": "human", "value": "7*6?"}, {"from": "gpt", "value": GOOD}]}, []),
-    ({"prompt": [{"role": "user", "content": "7*6?"}], "completion": [{"role": "assistant", "content": GOOD}]}, []),
+    (
+        {
+            "prompt": [{"role": "user", "content": "7*6?"}],
+            "completion": [{"role": "assistant", "content": GOOD}],
+        },
+        [],
+    ),
     ({"system": "Be brief.", "prompt": "7*6?", "response": GOOD}, []),
     ({"text": "no known columns"}, ["unknown_shape"]),
-    ({"prompt": "7*6?", "response": "<think>\nstill thinking"}, ["unclosed_think", "missing_answer"]),
+    (
+        {"prompt": "7*6?", "response": "<think>\nstill thinking"},
+        ["unclosed_think", "missing_answer"],
+    ),
     ({"prompt": "7*6?", "response": "<think>\nr\n</think>\n\n"}, ["missing_answer"]),
     ({"prompt": "7*6?", "response": "<think>\nr\n</think>\n\nforty-two"}, ["missing_boxed"]),
     ({"prompt": "7*6?", "response": "\\boxed{42}"}, ["missing_reasoning"]),
     ({"prompt": "", "response": GOOD}, ["missing_question"]),
-    ({"prompt": "7*6?", "response": "<think>a</think> b <think>c</think> \\boxed{1}"}, ["unclosed_think"]),
+    (
+        {"prompt": "7*6?", "response": "<think>a</think> b <think>c</think> \\boxed{1}"},
+        ["unclosed_think"],
+    ),
 ]
 
 
@@ -63,9 +91,24 @@ def test_check_reports_each_rule_with_counts_and_row_numbers(tmp_path):
     rows = [
         {"question": "q1", "reasoning": "r", "answer": "1"},  # 1 good
         {"prompt": "q2", "response": "<think>\nnever closed"},  # 2 unclosed + missing answer
-        {"question": "q3", "reasoning": "r", "answer": "3", "image": str(good_png)},  # 3 good, multimodal
-        {"question": "q4", "reasoning": "r", "answer": "4", "image": str(broken_png)},  # 4 bad image
-        {"question": "q5", "reasoning": "r", "answer": "5", "images": [str(tmp_path / "gone.png")]},  # 5
+        {
+            "question": "q3",
+            "reasoning": "r",
+            "answer": "3",
+            "image": str(good_png),
+        },  # 3 good, multimodal
+        {
+            "question": "q4",
+            "reasoning": "r",
+            "answer": "4",
+            "image": str(broken_png),
+        },  # 4 bad image
+        {
+            "question": "q5",
+            "reasoning": "r",
+            "answer": "5",
+            "images": [str(tmp_path / "gone.png")],
+        },  # 5
         {"oops": True},  # 6 unknown shape
         {"prompt": "q7", "response": "<think>\nr\n</think>\n\nno box"},  # 7 missing boxed
     ]
@@ -94,8 +137,10 @@ def test_over_max_length_uses_the_tokenizer(tmp_path, tiny_model_path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    rows = [{"question": "7*6?", "reasoning": "short", "answer": "42"},
-            {"question": "7*6?", "reasoning": "long " * 400, "answer": "42"}]
+    rows = [
+        {"question": "7*6?", "reasoning": "short", "answer": "42"},
+        {"question": "7*6?", "reasoning": "long " * 400, "answer": "42"},
+    ]
     path = write_jsonl(rows, tmp_path / "lengths.jsonl")
     examples, report = check_rows([str(path)], tokenizer, max_length=128)
     assert len(examples) == 1
@@ -103,7 +148,10 @@ def test_over_max_length_uses_the_tokenizer(tmp_path, tiny_model_path):
 
 
 def test_training_refuses_bad_rows_unless_told_to_skip(tmp_path):
-    rows = [{"question": "q", "reasoning": "r", "answer": "1"}, {"prompt": "q", "response": "no think"}]
+    rows = [
+        {"question": "q", "reasoning": "r", "answer": "1"},
+        {"prompt": "q", "response": "no think"},
+    ]
     path = str(write_jsonl(rows, tmp_path / "d.jsonl"))
     with pytest.raises(DataError, match="missing_reasoning") as err:
         build_dataset([path], on_bad_rows="error")
@@ -126,7 +174,9 @@ def test_parquet_and_json_files_load(tmp_path):
 def test_data_check_command_exit_code_and_report(tmp_path, capsys):
     from ovr_train.cli import main
 
-    good = write_jsonl([{"question": "q", "reasoning": "r", "answer": "1"}], tmp_path / "good.jsonl")
+    good = write_jsonl(
+        [{"question": "q", "reasoning": "r", "answer": "1"}], tmp_path / "good.jsonl"
+    )
     bad = write_jsonl([{"question": "q", "reasoning": "", "answer": "1"}], tmp_path / "bad.jsonl")
     assert main(["data", "check", str(good)]) == 0
     assert "1 rows, 0 bad" in capsys.readouterr().out

@@ -25,8 +25,15 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "recipes" / "tiny-coldstart.yaml")
 BIG = str(ROOT / "recipes" / "ovr-7b-coldstart.yaml")
 # A short run for resume tests: 12 steps, a checkpoint every 3, a log line every step.
-SHORT = ["dataset=synthetic:300", "max_steps=12", "save_steps=3", "logging_steps=1", "max_length=256",
-         "report_to=none", "save_total_limit=10"]
+SHORT = [
+    "dataset=synthetic:300",
+    "max_steps=12",
+    "save_steps=3",
+    "logging_steps=1",
+    "max_length=256",
+    "report_to=none",
+    "save_total_limit=10",
+]
 
 
 def _losses(output_dir) -> dict[int, float]:
@@ -65,13 +72,24 @@ def test_tiny_recipe_trains_loss_falls_and_weights_move(tiny_run):
 def test_tiny_recipe_output_is_a_complete_servable_checkpoint(tiny_run):
     from transformers import AutoProcessor, AutoTokenizer
 
-    for name in ("config.json", "model.safetensors", "generation_config.json", "chat_template.jinja",
-                 "tokenizer.json", "processor_config.json", "trainer_state.json", RESOLVED_CONFIG, CURVES_PNG):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "chat_template.jinja",
+        "tokenizer.json",
+        "processor_config.json",
+        "trainer_state.json",
+        RESOLVED_CONFIG,
+        CURVES_PNG,
+    ):
         assert (tiny_run / name).is_file(), name
     assert not [p for p in tiny_run.iterdir() if p.name.startswith(".staging")]
     tokenizer = AutoTokenizer.from_pretrained(tiny_run)
     generation = json.loads((tiny_run / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    assert generation["eos_token_id"] == tokenizer.convert_tokens_to_ids(
+        ["<|im_end|>", "<|endoftext|>"]
+    )
     assert AutoProcessor.from_pretrained(tiny_run).chat_template
     resolved = json.loads((tiny_run / RESOLVED_CONFIG).read_text())
     assert resolved["SFTConfig"]["learning_rate"] == 3e-3
@@ -93,10 +111,14 @@ def test_tiny_recipe_teaches_the_format(tiny_run):
     questions = [ex["question"] for ex in reasoning_examples(6, seed=999)]
     well_formed = 0
     for question in questions:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
         out = model.generate(**ids, max_new_tokens=80, do_sample=False)
-        text = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         well_formed += is_well_formed(text)
     assert well_formed >= 5, f"{well_formed}/6 well formed"
 
@@ -113,8 +135,10 @@ def test_output_checkpoint_is_served_by_ovr_serve(tiny_run, tmp_path):
     with start_server(cfg, log_path=tmp_path / "serve.log") as handle:
         client = OpenAI(base_url=handle.base_url, api_key="none")
         reply = client.chat.completions.create(
-            model=cfg.served_model_name, messages=[{"role": "user", "content": "What is 3 + 4?"}],
-            max_tokens=80, temperature=0,
+            model=cfg.served_model_name,
+            messages=[{"role": "user", "content": "What is 3 + 4?"}],
+            max_tokens=80,
+            temperature=0,
         )
     message = reply.choices[0].message
     reasoning = getattr(message, "reasoning", None) or getattr(message, "reasoning_content", None)
@@ -135,8 +159,13 @@ def test_resume_after_kill_continues_at_the_checkpoint_step_with_the_same_data(t
         "        if state.global_step == 8: os.kill(os.getpid(), signal.SIGKILL)\n"
         "main(*parse_args(sys.argv[1:]), callbacks=[Kill()])\n"
     )
-    run = subprocess.run([sys.executable, "-c", driver, "--config", TINY, *SHORT, f"output_dir={killed}"],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    run = subprocess.run(
+        [sys.executable, "-c", driver, "--config", TINY, *SHORT, f"output_dir={killed}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
     assert last_complete_checkpoint(killed) == str(killed / "checkpoint-6")
     assert not (killed / "config.json").exists(), "a killed run must not look finished"
@@ -163,8 +192,16 @@ def test_a_save_killed_half_way_leaves_no_checkpoint_that_looks_complete(tmp_pat
         return real_save_rng(self, output_dir)
 
     monkeypatch.setattr(Trainer, "_save_rng_state", dies_on_second_save)
-    args = ["--config", TINY, "dataset=synthetic:120", "max_steps=6", "save_steps=2", "max_length=256",
-            "report_to=none", f"output_dir={tmp_path}"]
+    args = [
+        "--config",
+        TINY,
+        "dataset=synthetic:120",
+        "max_steps=6",
+        "save_steps=2",
+        "max_length=256",
+        "report_to=none",
+        f"output_dir={tmp_path}",
+    ]
     with pytest.raises(KeyboardInterrupt):
         main(*parse_args(args))
     assert (tmp_path / ".staging-checkpoint-4" / "checkpoint-4" / "model.safetensors").exists()
@@ -200,8 +237,9 @@ def test_7b_recipe_resolves_to_the_published_trl_config(monkeypatch):
 
 
 def test_overrides_take_key_value_and_flags():
-    script_args, args, _ = parse_args(["--config", TINY, "learning_rate=1e-4", "--max_steps", "7",
-                                       "on_bad_rows=skip"])
+    script_args, args, _ = parse_args(
+        ["--config", TINY, "learning_rate=1e-4", "--max_steps", "7", "on_bad_rows=skip"]
+    )
     assert (args.learning_rate, args.max_steps, script_args.on_bad_rows) == (1e-4, 7, "skip")
 
 

@@ -23,7 +23,10 @@ def random_model_path():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    rows = [{k: ex[k] for k in ("question", "reasoning", "answer")} for ex in reasoning_examples(24, seed=3)]
+    rows = [
+        {k: ex[k] for k in ("question", "reasoning", "answer")}
+        for ex in reasoning_examples(24, seed=3)
+    ]
     rows[5]["reasoning"] = " ".join([rows[5]["reasoning"]] * 6)  # one long trace among short ones
     path = write_jsonl(rows, tmp_path_factory.mktemp("data") / "d.jsonl")
     return build_dataset([str(path)])[0]
@@ -32,7 +35,9 @@ def dataset(tmp_path_factory):
 def _load(path, fix: bool):
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="sdpa"
+    )
     if fix:
         assert fix_packed_mrope_positions(model)
     return model.eval()
@@ -42,8 +47,14 @@ def _mean_loss(model, tokenizer, dataset, tmp_path, **batching) -> tuple[float, 
     """Token-weighted mean loss over the whole dataset, through TRL's own data path and loss."""
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(output_dir=str(tmp_path), bf16=False, per_device_train_batch_size=4, report_to="none",
-                     gradient_checkpointing=False, **batching)
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        bf16=False,
+        per_device_train_batch_size=4,
+        report_to="none",
+        gradient_checkpointing=False,
+        **batching,
+    )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     total, count, batches = 0.0, 0, 0
     with torch.no_grad():
@@ -57,7 +68,10 @@ def _mean_loss(model, tokenizer, dataset, tmp_path, **batching) -> tuple[float, 
 
 @pytest.mark.parametrize(
     "batching",
-    [{"packing": True, "packing_strategy": "bfd", "max_length": 256}, {"padding_free": True, "max_length": None}],
+    [
+        {"packing": True, "packing_strategy": "bfd", "max_length": 256},
+        {"padding_free": True, "max_length": None},
+    ],
     ids=["bfd-packing", "padding-free"],
 )
 def test_packed_loss_equals_padded_loss(random_model_path, dataset, tmp_path, batching):
@@ -65,7 +79,9 @@ def test_packed_loss_equals_padded_loss(random_model_path, dataset, tmp_path, ba
 
     tokenizer = AutoTokenizer.from_pretrained(random_model_path)
     model = _load(random_model_path, fix=True)
-    padded, padded_batches = _mean_loss(model, tokenizer, dataset, tmp_path / "padded", max_length=256)
+    padded, padded_batches = _mean_loss(
+        model, tokenizer, dataset, tmp_path / "padded", max_length=256
+    )
     packed, packed_batches = _mean_loss(model, tokenizer, dataset, tmp_path / "packed", **batching)
     assert packed_batches <= padded_batches
     assert packed == pytest.approx(padded, rel=1e-5), (packed, padded)
@@ -82,5 +98,7 @@ def test_upstream_still_needs_the_position_fix(random_model_path, dataset, tmp_p
     tokenizer = AutoTokenizer.from_pretrained(random_model_path)
     model = _load(random_model_path, fix=False)
     padded, _ = _mean_loss(model, tokenizer, dataset, tmp_path / "padded", max_length=256)
-    packed, _ = _mean_loss(model, tokenizer, dataset, tmp_path / "packed", packing=True, max_length=256)
+    packed, _ = _mean_loss(
+        model, tokenizer, dataset, tmp_path / "packed", packing=True, max_length=256
+    )
     assert abs(packed - padded) > 1e-4 * padded
