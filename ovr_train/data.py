@@ -191,7 +191,13 @@ def build_dataset(
         )
     if not examples:
         raise DataError("no usable rows in the training data:\n" + report.render())
-    return Dataset.from_list(examples), report
+    dataset = Dataset.from_list(examples)
+    if "images" in dataset.column_names:
+        from datasets import Image, List
+
+        # decoded to PIL by datasets, so the processor never decodes paths itself
+        dataset = dataset.cast_column("images", List(Image()))
+    return dataset, report
 
 
 def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> Path:

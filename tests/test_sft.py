@@ -265,3 +265,41 @@ def test_upstream_resume_still_misreads_saved_keys(tmp_path):
     model.save_pretrained(tmp_path)
     result = model.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=False)
     assert result.missing_keys and result.unexpected_keys
+
+
+@pytest.mark.slow
+def test_rows_with_images_train_through_the_processor(tmp_path):
+    """Multimodal rows go through TRL's vision path (no packing), images decoded by datasets."""
+    from PIL import Image
+
+    from ovr_train.data import write_jsonl
+
+    rows = []
+    for i, colour in enumerate(["red", "blue", "green"]):
+        Image.new("RGB", (56, 56), colour).save(tmp_path / f"{i}.png")
+        rows.append(
+            {
+                "question": "What colour is this?",
+                "reasoning": "I look at the image.",
+                "answer": colour,
+                "image": str(tmp_path / f"{i}.png"),
+            }
+        )
+    data = write_jsonl(rows * 2, tmp_path / "images.jsonl")
+    out = tmp_path / "out"
+    main(
+        *parse_args(
+            [
+                "--config",
+                TINY,
+                f"dataset={data}",
+                "max_steps=2",
+                "logging_steps=1",
+                "report_to=none",
+                f"output_dir={out}",
+            ]
+        )
+    )
+    losses = _losses(out)
+    assert losses and all(0 < loss < 20 for loss in losses.values())
+    assert (out / "config.json").is_file()
