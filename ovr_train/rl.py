@@ -1,0 +1,422 @@
+"""Multimodal RL with verifiable rewards: TRL's GRPO-family trainer, rollouts from a colocated vLLM.
+
+    ovr-train rl --config recipes/tiny-rl.yaml                          # 2-core CPU, ~1 minute
+    ovr-train rl --config recipes/tiny-rl.yaml max_steps=60 --resume
+    accelerate launch --num_processes 8 --use_deepspeed \\
+        --deepspeed_config_file recipes/deepspeed/zero3.json -m ovr_train.rl \\
+        --config recipes/ovr-7b-rl.yaml                                 # the published-settings recipe
+
+Settings come from the YAML file, then ``key=value`` overrides; the names are those of
+`RLScriptArguments` below, TRL's `GRPOConfig` and `ModelConfig`. Data rows are image(s) + question +
+gold answer; rewards are registry functions (`ovr_train.rewards`) picked and weighted by the recipe.
+What we add to TRL, each at a narrow point: the colocated-vLLM fixes (`ovr_train.vllm_colocate`),
+dynamic sampling (`ovr_train.rl_sampling`), reflection-word counts and RL curves in the logs, safe
+checkpoints and resume (`ovr_train.training_common`). The output directory is servable as is:
+``ovr-serve --model OUTPUT_DIR``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
+
+from ovr_train.rl_sampling import DynamicSampling
+from ovr_train.training_common import (
+    END_TOKENS,
+    SafeCheckpoints,
+    TrainingCurves,
+    default_report_to,
+    freeze_vision,
+    last_complete_checkpoint,
+    resolve_config,
+    save_resolved_config,
+    save_servable,
+)
+
+logger = logging.getLogger("ovr_train.rl")
+TINY_COLDSTARTED = "tiny-coldstarted"  # the test model that already learned the OVR format
+
+# Cheap live proxy for the cognitive behaviours the paper tracks (reflection, re-checking, looking
+# again at the image): counted per completion, lower-cased, logged as reflection/<word> means.
+REFLECTION_PATTERNS = {
+    "wait": r"\bwait\b",
+    "recheck": r"\bre-?check",
+    "verify": r"\bverif(?:y|ied|ication)\b",
+    "look_again": r"look(?:ing)? at the image again|re-?examine the image",
+    "however": r"\bhowever\b",
+}
+
+
+@dataclass
+class RLScriptArguments:
+    """What RL adds to TRL's settings: data, rewards, dynamic sampling, freezing, resume."""
+
+    dataset: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "RL files (.jsonl/.json/.parquet: question, answer, optional image/images paths) "
+            "or hub datasets; 'synthetic-shapes:N' draws N shape-counting images (ovr_train.synthetic)"
+        },
+    )
+    rewards: list[str] = field(
+        default_factory=lambda: ["accuracy"],
+        metadata={"help": "reward functions by registry name; weights in GRPOConfig.reward_weights"},
+    )
+    truncated_reward: float | None = field(
+        default=0.0,
+        metadata={
+            "help": "reward of every function for a completion cut off at max_completion_length "
+            "(paper: 0); null leaves rewards as computed"
+        },
+    )
+    dynamic_sampling: bool = field(
+        default=True,
+        metadata={"help": "drop groups whose rewards are all equal and refill the batch (DAPO)"},
+    )
+    max_refills: int = field(
+        default=4, metadata={"help": "rollout rounds at most per batch to refill dropped groups"}
+    )
+    on_bad_rows: str = field(
+        default="error",
+        metadata={"help": "'error' refuses bad data, 'skip' drops it with a count", "choices": ["error", "skip"]},
+    )
+    max_rows: int | None = field(default=None, metadata={"help": "use only the first N rows"})
+    freeze_vision: bool = field(
+        default=True, metadata={"help": "freeze the vision tower and projector (the paper tunes the LLM)"}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "continue from the newest complete checkpoint in output_dir"}
+    )
+    synthetic_seed: int = field(default=0, metadata={"help": "seed of 'synthetic-shapes:N' data"})
+    vllm_cpu_kvcache_gib: int = field(
+        default=1, metadata={"help": "vLLM KV cache on CPU, GiB (VLLM_CPU_KVCACHE_SPACE); CPU only"}
+    )
+
+
+def main(
+    script_args: RLScriptArguments,
+    training_args: GRPOConfig,
+    model_args: ModelConfig,
+    callbacks: list | None = None,
+) -> str:
+    """Train with RL, then write a servable checkpoint to ``training_args.output_dir``; returns it."""
+    import os
+
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.trainer_utils import set_seed
+
+    from ovr_train.sft import _dtype, _render
+
+    # logging: the whole resolved configuration, printed and saved beside every checkpoint
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    set_seed(training_args.seed)
+    model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
+    resolved = resolve_config(script_args, training_args, model_args)
+    if training_args.process_index == 0:
+        logger.info("resolved config:\n%s", _render(resolved))
+    if not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(script_args.vllm_cpu_kvcache_gib))
+
+    # data: image(s) + question as a chat prompt, the gold answer as a column for the rewards
+    train_dataset = build_rl_dataset(
+        materialise_sources(script_args, training_args.output_dir),
+        script_args.on_bad_rows,
+        script_args.max_rows,
+    )
+    logger.info("data: %d prompts", len(train_dataset))
+
+    # model: Qwen2.5-VL, vision tower + projector frozen by default
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_args.model_name_or_path,
+        dtype=_dtype(model_args.dtype, torch),
+        attn_implementation=model_args.attn_implementation,
+    )
+    if script_args.freeze_vision:
+        logger.info("frozen vision tower + projector: %d parameters", freeze_vision(model))
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, padding_side="left")
+
+    # rewards: registry functions, truncated completions scored as the recipe says
+    tokenizer = processor.tokenizer
+    end_ids = {tokenizer.convert_tokens_to_ids(t) for t in END_TOKENS}
+    reward_funcs = reward_functions(script_args.rewards, script_args.truncated_reward, end_ids)
+
+    # trainer: TRL's GRPOTrainer + our fixes and dynamic sampling
+    trainer = OVRRLTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=processor,
+        callbacks=[RLCurves(), *(callbacks or [])],
+    )
+    trainer.resolved_config = resolved
+    trainer.dynamic_sampling = script_args.dynamic_sampling
+    trainer.max_refills = script_args.max_refills
+    trainer.refill_seed = training_args.seed
+
+    # train, resuming from the newest complete checkpoint when asked
+    checkpoint = last_complete_checkpoint(training_args.output_dir) if script_args.resume else None
+    if script_args.resume:
+        logger.info("resume: %s", checkpoint or "no complete checkpoint yet, starting fresh")
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+    # save: weights, processor, chat template, generation config, trainer state, plots
+    out = save_servable(trainer, processor, training_args.output_dir, resolved)
+    trainer.save_state()
+    if training_args.process_index == 0:
+        save_resolved_config(out, resolved)
+        logger.info("servable checkpoint written to %s (serve it: ovr-serve --model %s)", out, out)
+    return str(out)
+
+
+def resolve_model(name: str) -> str:
+    """A model path; ``tiny-coldstarted`` is the format-trained test model (built on first use)."""
+    from ovr_train import sft
+
+    if name == TINY_COLDSTARTED:
+        from ovr_train.tiny_model import cached_tiny_model
+
+        return str(cached_tiny_model())
+    return sft.resolve_model(name)
+
+
+class OVRRLTrainer(SafeCheckpoints, DynamicSampling, GRPOTrainer):
+    """TRL's GRPOTrainer with safe checkpoints, dynamic sampling, the colocated-vLLM fixes and
+    reflection-word counts."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.use_vllm:
+            from ovr_train.vllm_colocate import fix_colocated_vllm
+
+            image_token_id = getattr(self.processing_class, "image_token_id", None)
+            if fix_colocated_vllm(self.vllm_generation, image_token_id):
+                logger.info("colocated vLLM: engine-reload weight sync, prompt-token check installed")
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        if self.model.training:
+            texts = self._tokenizer.batch_decode(
+                [ids[mask.bool()] for ids, mask in zip(out["completion_ids"], out["completion_mask"], strict=True)],
+                skip_special_tokens=True,
+            )
+            for name, value in reflection_counts(texts).items():
+                self._metrics["train"][f"reflection/{name}"].append(value)
+        return out
+
+
+def reflection_counts(texts: list[str]) -> dict[str, float]:
+    """Mean occurrences per completion of each reflection pattern (case-insensitive)."""
+    n = max(len(texts), 1)
+    return {
+        name: sum(len(re.findall(pattern, t.lower())) for t in texts) / n
+        for name, pattern in REFLECTION_PATTERNS.items()
+    }
+
+
+def reward_functions(names: list[str], truncated_reward: float | None, end_ids: set[int]) -> list:
+    """The named registry rewards as TRL reward functions (text completions, gold in ``answer``)."""
+    registry = reward_registry()
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise SystemExit(f"ovr-train rl: unknown rewards {unknown}; known: {sorted(registry)}")
+    return [_as_trl_reward(name, registry[name], truncated_reward, end_ids) for name in names]
+
+
+def reward_registry() -> dict:
+    """``ovr_train.rewards.REWARDS`` (name -> pure function ``(completions, **columns) -> floats``)."""
+    try:
+        from ovr_train import rewards
+    except ImportError:  # INTERIM until ovr_train/rewards.py lands: same contract, no worker pool
+        return {"accuracy": _interim_accuracy, "format": _interim_format}
+    return rewards.REWARDS
+
+
+def _interim_accuracy(completions: list[str], answer: list[str], **_) -> list[float]:
+    """1.0 when the answer's last ``\\boxed{}`` matches the gold under math-verify (in process)."""
+    from ovr_serve.format import answer_matches
+
+    return [float(answer_matches(c, a)) for c, a in zip(completions, answer, strict=True)]
+
+
+def _interim_format(completions: list[str], **_) -> list[float]:
+    """1.0 for ``<think>…</think>`` then an answer with exactly one ``\\boxed{}``."""
+    from ovr_serve.format import is_well_formed
+
+    return [float(is_well_formed(c)) for c in completions]
+
+
+def _as_trl_reward(name: str, func, truncated_reward: float | None, end_ids: set[int]):
+    def reward(completions, completion_ids=None, **columns):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        values = list(func(texts, **columns))
+        if truncated_reward is not None and completion_ids is not None:
+            values = [
+                truncated_reward if ids and ids[-1] not in end_ids else v
+                for v, ids in zip(values, completion_ids, strict=True)
+            ]
+        return values
+
+    reward.__name__ = name  # TRL logs rewards/<name>/mean
+    return reward
+
+
+def build_rl_dataset(sources: list[str], on_bad_rows: str, max_rows: int | None):
+    """A datasets.Dataset of ``prompt`` (chat, image parts first), ``image(s)`` and ``answer``.
+
+    Rows with no question, no gold answer, or an image that does not load are counted per rule;
+    they refuse the data (``error``) or are dropped with the count logged (``skip``).
+    """
+    from datasets import Dataset, Image, Sequence
+
+    from ovr_train.data import DataError, _image_loads, _images, _with_images, load_rows
+
+    rows, bad = [], {"missing_question": [], "missing_answer": [], "bad_image": []}
+    for source in sources:
+        for number, row in enumerate(load_rows(source), start=1):
+            question = str(row.get("question") or row.get("problem") or row.get("prompt") or "").strip()
+            answer = str(row.get("answer") or row.get("gold") or row.get("solution") or "").strip()
+            images = _images(row)
+            failed = [
+                rule
+                for rule, broken in (
+                    ("missing_question", not question),
+                    ("missing_answer", not answer),
+                    ("bad_image", any(not _image_loads(i) for i in images)),
+                )
+                if broken
+            ]
+            for rule in failed:
+                bad[rule].append((source, number))
+            if failed:
+                continue
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": _with_images(question, row)}],
+                    "images": [str(i) for i in images],
+                    "answer": answer,
+                }
+            )
+    failures = {rule: where for rule, where in bad.items() if where}
+    if failures:
+        report = "; ".join(f"{rule}: {len(w)} rows (first {w[0][0]}:{w[0][1]})" for rule, w in failures.items())
+        if on_bad_rows == "error":
+            raise DataError(f"bad RL rows: {report} (on_bad_rows=skip drops them)")
+        logger.warning("skipped bad RL rows: %s", report)
+    if max_rows is not None:
+        rows = rows[:max_rows]
+    if not rows:
+        raise SystemExit("ovr-train rl: no data; set dataset: [FILE, …] in the recipe")
+    dataset = Dataset.from_list(rows)
+    if any(r["images"] for r in rows):
+        dataset = dataset.cast_column("images", Sequence(Image()))
+    else:
+        dataset = dataset.remove_columns("images")
+    return dataset
+
+
+def materialise_sources(script_args: RLScriptArguments, output_dir: str) -> list[str]:
+    """Data sources as paths; 'synthetic-shapes:N' is drawn once to ``output_dir/data/``."""
+    from ovr_train.data import write_jsonl
+    from ovr_train.synthetic import shape_counting_examples
+
+    sources = []
+    for source in script_args.dataset:
+        if source.startswith("synthetic-shapes:"):
+            n = int(source.split(":", 1)[1])
+            stem = Path(output_dir) / "data" / f"shapes-{n}-seed{script_args.synthetic_seed}"
+            path = stem.with_suffix(".jsonl")
+            if not path.exists():
+                stem.mkdir(parents=True, exist_ok=True)
+                rows = []
+                for i, ex in enumerate(shape_counting_examples(n, seed=script_args.synthetic_seed)):
+                    image = stem / f"{i:05d}.png"
+                    ex["image"].save(image)
+                    rows.append({"image": str(image.resolve()), "question": ex["question"], "answer": ex["gold"]})
+                write_jsonl(rows, path.with_suffix(".tmp")).replace(path)
+            source = str(path)
+        sources.append(source)
+    return sources
+
+
+class RLCurves(TrainingCurves):
+    """The RL dynamics as a PNG beside each checkpoint: rewards, lengths, truncation, filtering,
+    entropy, reflection words, loss."""
+
+    PANELS = [
+        ("rewards", "reward per function (mean)"),
+        ("completions/mean_length", "response length (mean, max)"),
+        ("completions/clipped_ratio", "truncation ratio"),
+        ("dynamic_sampling/filtered_fraction", "filtered fraction (all-equal groups)"),
+        ("entropy", "entropy"),
+        ("reflection", "reflection words per response"),
+        ("loss", "loss"),
+        ("learning_rate", "learning rate"),
+    ]
+
+    def write(self, directory):
+        if not self.points:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(2, 4, figsize=(16, 6), constrained_layout=True)
+        for ax, (key, title) in zip(axes.flat, self.PANELS, strict=True):
+            if key in ("rewards", "reflection"):
+                series = sorted({k for p in self.points for k in p if _is_series(k, key)})
+            elif key == "completions/mean_length":
+                series = [key, "completions/max_length"]
+            else:
+                series = [key]
+            for name in series:
+                xs = [p["step"] for p in self.points if name in p]
+                ax.plot(xs, [p[name] for p in self.points if name in p], label=name.split("/")[-2 if name.endswith("/mean") else -1])
+            if len(series) > 1:
+                ax.legend(fontsize=7)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        path = Path(directory) / "rl_curves.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        return path
+
+
+def _is_series(name: str, panel: str) -> bool:
+    if panel == "rewards":
+        return name.startswith("rewards/") and name.endswith("/mean")
+    return name.startswith(panel + "/")
+
+
+def parse_args(argv: list[str]) -> tuple[RLScriptArguments, GRPOConfig, ModelConfig]:
+    """``--config YAML`` plus ``key=value`` / ``--key value`` overrides, through TRL's parser."""
+    args = []
+    for token in argv:
+        if "=" in token and not token.startswith("-"):
+            key, value = token.split("=", 1)
+            args += [f"--{key}", value]
+        else:
+            args.append(token)
+    parser = TrlParser((RLScriptArguments, GRPOConfig, ModelConfig), prog="ovr-train rl")
+    script_args, training_args, model_args = parser.parse_args_and_config(args)
+    if training_args.report_to in ("auto", ["auto"]):
+        training_args.report_to = default_report_to()
+    return script_args, training_args, model_args
+
+
+def cli(argv: list[str]) -> int:
+    """``ovr-train rl --config RECIPE [key=value …]``."""
+    main(*parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":  # `accelerate launch -m ovr_train.rl …`
+    sys.exit(cli(sys.argv[1:]))
