@@ -39,6 +39,7 @@ from ovr_train.training_common import (
 )
 
 logger = logging.getLogger("ovr_train.rl")
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 TINY_COLDSTARTED = "tiny-coldstarted"  # the test model that already learned the OVR format
 
 # Cheap live proxy for the cognitive behaviours the paper tracks (reflection, re-checking, looking
@@ -198,6 +199,13 @@ class OVRRLTrainer(SafeCheckpoints, DynamicSampling, GRPOTrainer):
             image_token_id = getattr(self.processing_class, "image_token_id", None)
             if fix_colocated_vllm(self.vllm_generation, image_token_id):
                 logger.info("colocated vLLM: engine-reload weight sync, prompt-token check installed")
+            # A policy that samples an image placeholder breaks the scoring forward pass ("Image
+            # features and image tokens do not match") and can never be right: never sample them.
+            tokenizer = self._tokenizer
+            banned = {tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS} - {None, tokenizer.unk_token_id}
+            kwargs = dict(self.vllm_generation.generation_kwargs or {})
+            kwargs["logit_bias"] = {**kwargs.get("logit_bias", {}), **{int(t): -100.0 for t in banned}}
+            self.vllm_generation.generation_kwargs = kwargs
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)

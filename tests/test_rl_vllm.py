@@ -141,6 +141,12 @@ def test_upstream_still_expands_image_tokens_twice(trainer):
     assert len(output.prompt_token_ids) != len(prompt)
 
 
+def test_rollouts_never_sample_image_placeholders(trainer):
+    """A sampled <|image_pad|> breaks the scoring pass (more image tokens than features)."""
+    bias = trainer.vllm_generation.generation_kwargs["logit_bias"]
+    assert bias[trainer.processing_class.image_token_id] <= -100
+
+
 def test_upstream_sync_still_fails_on_cpu(trainer):
     """Canary: when TRL's own colocate sync works on CPU, drop `reload_into_engine`. Runs last."""
     from trl.generation.vllm_generation import VLLMGeneration
