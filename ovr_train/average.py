@@ -19,7 +19,13 @@ import tempfile
 from pathlib import Path
 
 WEIGHT_SUFFIX = ".safetensors"
-SKIPPED = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin")
+SKIPPED = (
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+    "trainer_state.json",
+    "training_args.bin",
+)
 
 
 def average_checkpoints(checkpoints: list[str | os.PathLike], out: str | os.PathLike) -> Path:
@@ -40,7 +46,11 @@ def average_checkpoints(checkpoints: list[str | os.PathLike], out: str | os.Path
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         for item in dirs[0].iterdir():  # processor, tokenizer, template, configs, index
-            if item.is_file() and not item.name.endswith(WEIGHT_SUFFIX) and item.name not in SKIPPED:
+            if (
+                item.is_file()
+                and not item.name.endswith(WEIGHT_SUFFIX)
+                and item.name not in SKIPPED
+            ):
                 shutil.copy2(item, tmp / item.name)
         for shard in shards:
             handles = [safe_open(str(d / shard), framework="pt") for d in dirs]
@@ -56,7 +66,9 @@ def average_checkpoints(checkpoints: list[str | os.PathLike], out: str | os.Path
                     total += h.get_tensor(key).to(torch.float32)
                 averaged[key] = (total / len(dirs)).to(first.dtype).contiguous()
             save_file(averaged, str(tmp / shard), metadata={"format": "pt"})
-        (tmp / "ovr_average.json").write_text(json.dumps({"checkpoints": [str(d) for d in dirs]}, indent=2))
+        (tmp / "ovr_average.json").write_text(
+            json.dumps({"checkpoints": [str(d) for d in dirs]}, indent=2)
+        )
         tmp.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)
@@ -71,8 +83,12 @@ def cli(argv: list[str]) -> int:
     """``ovr-train average OUT CKPT CKPT [...]``."""
     parser = argparse.ArgumentParser(prog="ovr-train average", description=__doc__.splitlines()[0])
     parser.add_argument("out", help="directory for the averaged model (replaced if present)")
-    parser.add_argument("checkpoints", nargs="+", help="checkpoint directories to average uniformly")
+    parser.add_argument(
+        "checkpoints", nargs="+", help="checkpoint directories to average uniformly"
+    )
     args = parser.parse_args(argv)
     path = average_checkpoints(args.checkpoints, args.out)
-    print(f"average of {len(args.checkpoints)} checkpoints written to {path}\nserve it: ovr-serve --model {path}")
+    print(
+        f"average of {len(args.checkpoints)} checkpoints written to {path}\nserve it: ovr-serve --model {path}"
+    )
     return 0

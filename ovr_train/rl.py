@@ -39,7 +39,13 @@ from ovr_train.training_common import (
 )
 
 logger = logging.getLogger("ovr_train.rl")
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+VISION_TOKENS = (
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 TINY_COLDSTARTED = "tiny-coldstarted"  # the test model that already learned the OVR format
 
 # Cheap live proxy for the cognitive behaviours the paper tracks (reflection, re-checking, looking
@@ -66,7 +72,9 @@ class RLScriptArguments:
     )
     rewards: list[str] = field(
         default_factory=lambda: ["accuracy"],
-        metadata={"help": "reward functions by registry name; weights in GRPOConfig.reward_weights"},
+        metadata={
+            "help": "reward functions by registry name; weights in GRPOConfig.reward_weights"
+        },
     )
     truncated_reward: float | None = field(
         default=0.0,
@@ -84,14 +92,19 @@ class RLScriptArguments:
     )
     on_bad_rows: str = field(
         default="error",
-        metadata={"help": "'error' refuses bad data, 'skip' drops it with a count", "choices": ["error", "skip"]},
+        metadata={
+            "help": "'error' refuses bad data, 'skip' drops it with a count",
+            "choices": ["error", "skip"],
+        },
     )
     max_rows: int | None = field(default=None, metadata={"help": "use only the first N rows"})
     freeze_vision: bool = field(
-        default=True, metadata={"help": "freeze the vision tower and projector (the paper tunes the LLM)"}
+        default=True,
+        metadata={"help": "freeze the vision tower and projector (the paper tunes the LLM)"},
     )
     resume: bool = field(
-        default=False, metadata={"help": "continue from the newest complete checkpoint in output_dir"}
+        default=False,
+        metadata={"help": "continue from the newest complete checkpoint in output_dir"},
     )
     synthetic_seed: int = field(default=0, metadata={"help": "seed of 'synthetic-shapes:N' data"})
     vllm_cpu_kvcache_gib: int = field(
@@ -198,20 +211,31 @@ class OVRRLTrainer(SafeCheckpoints, DynamicSampling, GRPOTrainer):
 
             image_token_id = getattr(self.processing_class, "image_token_id", None)
             if fix_colocated_vllm(self.vllm_generation, image_token_id):
-                logger.info("colocated vLLM: engine-reload weight sync, prompt-token check installed")
+                logger.info(
+                    "colocated vLLM: engine-reload weight sync, prompt-token check installed"
+                )
             # A policy that samples an image placeholder breaks the scoring forward pass ("Image
             # features and image tokens do not match") and can never be right: never sample them.
             tokenizer = self._tokenizer
-            banned = {tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS} - {None, tokenizer.unk_token_id}
+            banned = {tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS} - {
+                None,
+                tokenizer.unk_token_id,
+            }
             kwargs = dict(self.vllm_generation.generation_kwargs or {})
-            kwargs["logit_bias"] = {**kwargs.get("logit_bias", {}), **{int(t): -100.0 for t in banned}}
+            kwargs["logit_bias"] = {
+                **kwargs.get("logit_bias", {}),
+                **{int(t): -100.0 for t in banned},
+            }
             self.vllm_generation.generation_kwargs = kwargs
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
         if self.model.training:
             texts = self._tokenizer.batch_decode(
-                [ids[mask.bool()] for ids, mask in zip(out["completion_ids"], out["completion_mask"], strict=True)],
+                [
+                    ids[mask.bool()]
+                    for ids, mask in zip(out["completion_ids"], out["completion_mask"], strict=True)
+                ],
                 skip_special_tokens=True,
             )
             for name, value in reflection_counts(texts).items():
@@ -288,7 +312,9 @@ def build_rl_dataset(sources: list[str], on_bad_rows: str, max_rows: int | None)
     rows, bad = [], {"missing_question": [], "missing_answer": [], "bad_image": []}
     for source in sources:
         for number, row in enumerate(load_rows(source), start=1):
-            question = str(row.get("question") or row.get("problem") or row.get("prompt") or "").strip()
+            question = str(
+                row.get("question") or row.get("problem") or row.get("prompt") or ""
+            ).strip()
             answer = str(row.get("answer") or row.get("gold") or row.get("solution") or "").strip()
             images = _images(row)
             failed = [
@@ -313,7 +339,9 @@ def build_rl_dataset(sources: list[str], on_bad_rows: str, max_rows: int | None)
             )
     failures = {rule: where for rule, where in bad.items() if where}
     if failures:
-        report = "; ".join(f"{rule}: {len(w)} rows (first {w[0][0]}:{w[0][1]})" for rule, w in failures.items())
+        report = "; ".join(
+            f"{rule}: {len(w)} rows (first {w[0][0]}:{w[0][1]})" for rule, w in failures.items()
+        )
         if on_bad_rows == "error":
             raise DataError(f"bad RL rows: {report} (on_bad_rows=skip drops them)")
         logger.warning("skipped bad RL rows: %s", report)
@@ -346,7 +374,13 @@ def materialise_sources(script_args: RLScriptArguments, output_dir: str) -> list
                 for i, ex in enumerate(shape_counting_examples(n, seed=script_args.synthetic_seed)):
                     image = stem / f"{i:05d}.png"
                     ex["image"].save(image)
-                    rows.append({"image": str(image.resolve()), "question": ex["question"], "answer": ex["gold"]})
+                    rows.append(
+                        {
+                            "image": str(image.resolve()),
+                            "question": ex["question"],
+                            "answer": ex["gold"],
+                        }
+                    )
                 write_jsonl(rows, path.with_suffix(".tmp")).replace(path)
             source = str(path)
         sources.append(source)
@@ -386,7 +420,11 @@ class RLCurves(TrainingCurves):
                 series = [key]
             for name in series:
                 xs = [p["step"] for p in self.points if name in p]
-                ax.plot(xs, [p[name] for p in self.points if name in p], label=name.split("/")[-2 if name.endswith("/mean") else -1])
+                ax.plot(
+                    xs,
+                    [p[name] for p in self.points if name in p],
+                    label=name.split("/")[-2 if name.endswith("/mean") else -1],
+                )
             if len(series) > 1:
                 ax.legend(fontsize=7)
             ax.set_title(title)

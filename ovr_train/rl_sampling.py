@@ -21,7 +21,9 @@ LEFT_PADDED = {"prompt_ids", "prompt_mask"}
 SPLIT_AT_PROMPT = {"token_type_ids", "mm_token_type_ids"}
 
 
-def informative_groups(advantages: torch.Tensor, group_size: int, tol: float = 1e-6) -> torch.Tensor:
+def informative_groups(
+    advantages: torch.Tensor, group_size: int, tol: float = 1e-6
+) -> torch.Tensor:
     """One bool per group of ``group_size`` consecutive rollouts: True when some advantage is non-zero.
 
     Every advantage of a group is zero exactly when its rewards are all equal (GRPO, Dr. GRPO and
@@ -47,8 +49,12 @@ class DynamicSampling:
         wanted = len(inputs) // group
         batches, kept = [first], [informative_groups(first["advantages"], group)]
         refills = 0
-        while refills < self.max_refills and self._globally_short(sum(int(k.sum()) for k in kept), wanted):
-            batches.append(super()._generate_and_score_completions(self._refill_inputs(wanted, group)))
+        while refills < self.max_refills and self._globally_short(
+            sum(int(k.sum()) for k in kept), wanted
+        ):
+            batches.append(
+                super()._generate_and_score_completions(self._refill_inputs(wanted, group))
+            )
             kept.append(informative_groups(batches[-1]["advantages"], group))
             refills += 1
         merged = concat_rollouts(batches, self._tokenizer.pad_token_id)
@@ -107,7 +113,10 @@ def concat_rollouts(batches: list[dict], pad_token_id: int) -> dict:
             out[key] = sum(values)  # num_items_in_batch: recomputed after selection
         elif isinstance(first, torch.Tensor):
             fill = pad_token_id if key in ("prompt_ids", "completion_ids") else 0
-            parts = [_pad_to(v, key, b, prompt_width, completion_width, fill) for v, b in zip(values, batches, strict=True)]
+            parts = [
+                _pad_to(v, key, b, prompt_width, completion_width, fill)
+                for v, b in zip(values, batches, strict=True)
+            ]
             out[key] = torch.cat(parts)
         else:
             out[key] = [x for v in values for x in v]
@@ -128,7 +137,9 @@ def select_rows(batch: dict, rows: torch.Tensor) -> dict:
     return unsplit_pixel_values_by_grid({k: pick(v) for k, v in batch.items()})
 
 
-def _pad_to(value: torch.Tensor, key: str, batch: dict, prompt_width: int, completion_width: int, fill):
+def _pad_to(
+    value: torch.Tensor, key: str, batch: dict, prompt_width: int, completion_width: int, fill
+):
     if value.ndim < 2 or key in ("importance_sampling_ratio",) and value.size(1) == 1:
         return value
     p, c = batch["prompt_ids"].size(1), batch["completion_ids"].size(1)
@@ -136,7 +147,9 @@ def _pad_to(value: torch.Tensor, key: str, batch: dict, prompt_width: int, compl
         return _pad(value, prompt_width - p, left=True, fill=fill)
     if key in SPLIT_AT_PROMPT and value.size(1) == p + c:
         prompt_part = _pad(value[:, :p], prompt_width - p, left=True, fill=0)
-        return torch.cat([prompt_part, _pad(value[:, p:], completion_width - c, left=False, fill=0)], 1)
+        return torch.cat(
+            [prompt_part, _pad(value[:, p:], completion_width - c, left=False, fill=0)], 1
+        )
     if key in SPLIT_AT_PROMPT:  # prompt-only form
         return _pad(value, prompt_width - value.size(1), left=True, fill=0)
     if value.size(1) == c:

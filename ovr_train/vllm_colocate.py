@@ -5,8 +5,10 @@
    loading (the new parameters have no ``weight_loader``), so the first sync dies with
    ``AttributeError: 'Parameter' object has no attribute 'weight_loader'``. vLLM's own in-place
    reload (``Worker.reload_weights(is_checkpoint_format=True)``) restores the loadable layout,
-   loads, and repacks again; it also clears the encoder and multimodal caches, which a new policy
-   invalidates. Remove when ``tests/test_rl_vllm.py::test_upstream_sync_still_fails_on_cpu`` fails.
+   loads, and repacks again. The encoder and multimodal caches are then cleared on every side
+   (worker, scheduler, input processor): vision embeddings made with the old weights are stale,
+   and clearing only the worker's copy makes the next image rollout fail ("Encoder cache miss").
+   Remove when ``tests/test_rl_vllm.py::test_upstream_sync_still_fails_on_cpu`` fails.
 
 2. Image tokens expanded twice. TRL tokenizes a multimodal prompt with the HF processor, which
    already expands each image to its ``<|image_pad|>`` run (4 tokens for a 56x56 image), and hands
@@ -68,6 +70,11 @@ def reload_into_engine(vllm_generation) -> None:
             "is_checkpoint_format": True,
         },
     )
+    # The worker dropped its encoder outputs and multimodal inputs with the old weights; the
+    # scheduler and the input processor must forget them too, or the next rollout of an image they
+    # still think cached fails with "Encoder cache miss".
+    llm.reset_mm_cache()
+    llm.llm_engine.reset_encoder_cache()
     llm.reset_prefix_cache()
 
 
@@ -100,7 +107,7 @@ def check_same_prompts(trainer_prompts, vllm_prompts) -> None:
 
 
 def _first_difference(a, b) -> int:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return min(len(a), len(b))

@@ -79,11 +79,17 @@ def test_tiny_rl_accuracy_rises_beyond_noise(tiny_rl_run):
     a rise of 0.15 with an end level above 0.25 is not sampling noise around the start (~0.05:
     the cold-started model answers 5 or 6, the gold is 1..3).
     """
-    acc = {e["step"]: e["rewards/accuracy/mean"] for e in _history(tiny_rl_run) if "rewards/accuracy/mean" in e}
+    acc = {
+        e["step"]: e["rewards/accuracy/mean"]
+        for e in _history(tiny_rl_run)
+        if "rewards/accuracy/mean" in e
+    }
     assert sorted(acc) == list(range(1, STEPS + 1))
     start = sum(acc[s] for s in (1, 2, 3)) / 3
     end = sum(acc[s] for s in range(STEPS - 9, STEPS + 1)) / 10
-    (ARTIFACTS / "accuracy.json").write_text(json.dumps({"start": start, "end": end, "per_step": acc}))
+    (ARTIFACTS / "accuracy.json").write_text(
+        json.dumps({"start": start, "end": end, "per_step": acc})
+    )
     assert end >= start + 0.15 and end >= 0.25, f"accuracy {start:.3f} -> {end:.3f}"
 
 
@@ -105,7 +111,9 @@ def test_tiny_rl_logs_the_rl_dynamics_and_plots_them(tiny_rl_run):
     assert (tiny_rl_run / f"checkpoint-{STEPS}" / "rl_curves.png").exists()
     assert list((tiny_rl_run / "runs").rglob("events.out.tfevents.*")), "TensorBoard events"
     # vLLM sampled from the trained weights: its logprobs match the trainer's all along
-    drift = [e["sampling/sampling_logp_difference/mean"] for e in _history(tiny_rl_run) if "loss" in e]
+    drift = [
+        e["sampling/sampling_logp_difference/mean"] for e in _history(tiny_rl_run) if "loss" in e
+    ]
     assert max(drift) < 0.02
 
 
@@ -125,7 +133,9 @@ def test_rl_checkpoint_is_served_by_ovr_serve(tiny_rl_run, tmp_path):
     from ovr_serve.launch import start_server
     from tests.conftest import free_port
 
-    cfg = ServeConfig(model=str(tiny_rl_run), port=free_port(), cpu_kvcache_gib=1, startup_timeout=600)
+    cfg = ServeConfig(
+        model=str(tiny_rl_run), port=free_port(), cpu_kvcache_gib=1, startup_timeout=600
+    )
     with start_server(cfg, log_path=tmp_path / "serve.log") as handle:
         client = OpenAI(base_url=handle.base_url, api_key="none")
         reply = client.chat.completions.create(
@@ -197,10 +207,17 @@ def test_bad_rl_rows_are_counted_and_refused_or_skipped(tmp_path):
     from ovr_train.data import DataError
 
     good = {"question": "How many?", "answer": "2"}
-    rows = [good, {"question": "No gold"}, {"answer": "3"}, {**good, "image": str(tmp_path / "nope.png")}]
+    rows = [
+        good,
+        {"question": "No gold"},
+        {"answer": "3"},
+        {**good, "image": str(tmp_path / "nope.png")},
+    ]
     path = tmp_path / "rl.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    with pytest.raises(DataError, match="missing_question: 1 rows.*missing_answer: 1 rows.*bad_image: 1"):
+    with pytest.raises(
+        DataError, match="missing_question: 1 rows.*missing_answer: 1 rows.*bad_image: 1"
+    ):
         build_rl_dataset([str(path)], "error", None)
     dataset = build_rl_dataset([str(path)], "skip", None)
     assert len(dataset) == 1 and dataset[0]["answer"] == "2"
@@ -222,7 +239,12 @@ def test_7b_recipe_resolves_to_the_published_rl_settings(monkeypatch):
 
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
     script_args, args, model_args = parse_args(["--config", BIG])
-    assert (args.learning_rate, args.adam_beta1, args.adam_beta2, args.weight_decay) == (1e-6, 0.9, 0.95, 0.0)
+    assert (args.learning_rate, args.adam_beta1, args.adam_beta2, args.weight_decay) == (
+        1e-6,
+        0.9,
+        0.95,
+        0.0,
+    )
     assert (args.num_generations, args.temperature, args.top_p, args.beta) == (16, 1.0, 1.0, 0.0)
     assert args.warmup_steps == 50 and args.lr_scheduler_type == "constant_with_warmup"
     assert args.num_iterations == 1 and args.max_steps == 900

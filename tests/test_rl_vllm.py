@@ -23,15 +23,31 @@ def trainer(tiny_model_path, tmp_path_factory):
     from transformers import AutoProcessor
     from trl import GRPOConfig
 
-    from ovr_train.rl import OVRRLTrainer, build_rl_dataset, materialise_sources, RLScriptArguments, reward_functions
+    from ovr_train.rl import (
+        OVRRLTrainer,
+        RLScriptArguments,
+        build_rl_dataset,
+        materialise_sources,
+        reward_functions,
+    )
 
     out = tmp_path_factory.mktemp("rl-vllm")
     sources = materialise_sources(RLScriptArguments(dataset=["synthetic-shapes:16"]), str(out))
     processor = AutoProcessor.from_pretrained(tiny_model_path, padding_side="left")
     args = GRPOConfig(
-        output_dir=str(out), per_device_train_batch_size=8, num_generations=4, max_completion_length=32,
-        use_vllm=True, vllm_mode="colocate", vllm_max_model_length=512, report_to=[], use_cpu=True,
-        bf16=False, beta=0.0, seed=0, learning_rate=1e-3,
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=32,
+        use_vllm=True,
+        vllm_mode="colocate",
+        vllm_max_model_length=512,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        beta=0.0,
+        seed=0,
+        learning_rate=1e-3,
     )
     trainer = OVRRLTrainer(
         model=str(tiny_model_path),
@@ -46,7 +62,15 @@ def trainer(tiny_model_path, tmp_path_factory):
 
 def _image_prompt(trainer, index=0):
     row = trainer.train_dataset[index]
-    return row, [{"role": "user", "content": [{"type": "image", "image": row["images"][0]}, {"type": "text", "text": row["prompt"][0]["content"][-1]["text"]}]}]
+    return row, [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": row["images"][0]},
+                {"type": "text", "text": row["prompt"][0]["content"][-1]["text"]},
+            ],
+        }
+    ]
 
 
 def test_prompt_tokens_vllm_generates_from_are_the_ones_the_trainer_scores(trainer):
@@ -66,10 +90,13 @@ def test_prompt_tokens_vllm_generates_from_are_the_ones_the_trainer_scores(train
         out = trainer._generate_and_score_completions(batch)
     finally:
         llm.generate = upstream
-    scored = [ids[mask.bool()].tolist() for ids, mask in zip(out["prompt_ids"], out["prompt_mask"], strict=True)]
+    scored = [
+        ids[mask.bool()].tolist()
+        for ids, mask in zip(out["prompt_ids"], out["prompt_mask"], strict=True)
+    ]
     assert seen["ids"] == scored
     image_token = trainer.processing_class.image_token_id
-    merge = trainer.processing_class.image_processor.merge_size ** 2
+    merge = trainer.processing_class.image_processor.merge_size**2
     expected = [int(g.prod()) // merge for g in out["image_grid_thw"]]
     assert [ids.count(image_token) for ids in scored] == expected  # 4 each for 56x56, not 7
 
@@ -87,7 +114,11 @@ def test_after_a_sync_vllm_greedy_equals_transformers_greedy_of_the_trained_weig
     requests, prompts = [], []
     for conversation in conversations:
         inputs = processor.apply_chat_template(
-            [conversation], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+            [conversation],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
         )
         prompt = inputs["input_ids"][0].tolist()
         request = {"prompt_token_ids": collapse_image_runs(prompt, processor.image_token_id)}
@@ -98,16 +129,24 @@ def test_after_a_sync_vllm_greedy_equals_transformers_greedy_of_the_trained_weig
         prompts.append(inputs)
 
     def vllm_greedy():
-        return [list(o.outputs[0].token_ids) for o in llm.generate(requests, greedy, use_tqdm=False)]
+        return [
+            list(o.outputs[0].token_ids) for o in llm.generate(requests, greedy, use_tqdm=False)
+        ]
 
     before = vllm_greedy()
     with torch.no_grad():  # "training": move every weight enough to change what greedy emits
         gen = torch.Generator().manual_seed(0)
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05 * p.detach().float().std().clamp(min=1e-3))
+            p.add_(
+                torch.randn(p.shape, generator=gen)
+                * 0.05
+                * p.detach().float().std().clamp(min=1e-3)
+            )
     trainer.vllm_generation.sync_weights()
     after = vllm_greedy()
-    assert after != before, "the perturbation must change greedy outputs for the test to mean anything"
+    assert after != before, (
+        "the perturbation must change greedy outputs for the test to mean anything"
+    )
     model.eval()
     eos = set(model.generation_config.eos_token_id)
     for inputs, vllm_ids in zip(prompts, after, strict=True):
@@ -136,7 +175,8 @@ def test_upstream_still_expands_image_tokens_twice(trainer):
     )["input_ids"][0]
     output = trainer.vllm_generation.llm.generate(
         [{"prompt_token_ids": prompt, "multi_modal_data": {"image": row["images"][0]}}],
-        SamplingParams(max_tokens=1), use_tqdm=False,
+        SamplingParams(max_tokens=1),
+        use_tqdm=False,
     )[0]
     assert len(output.prompt_token_ids) != len(prompt)
 
