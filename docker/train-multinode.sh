@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# OVR-7B RL on several nodes: rollouts on a node of their own through TRL's `trl vllm-serve`, the policy
+# trained on N nodes by `accelerate launch` with DeepSpeed ZeRO-3. Upstream does the distributing;
+# this only writes the two launch commands for recipes/ovr-7b-rl.yaml. Run it in the project venv
+# (`make setup`, on every node, same checkout and paths; the image of docker/ serves, it does not train).
+#
+#   # node 0 of the rollout side: every GPU of the node generates (vLLM data-parallel)
+#   ROLE=rollout bash docker/train-multinode.sh
+#   # each training node, NODE_RANK 0..NUM_TRAIN_NODES-1 (rank 0's address is MAIN_ADDR)
+#   ROLE=train NUM_TRAIN_NODES=2 NODE_RANK=0 MAIN_ADDR=10.0.0.1 ROLLOUT_ADDR=10.0.0.9 \
+#       bash docker/train-multinode.sh
+#   DRY_RUN=1 …   prints the command instead of running it
+#
+# The global batch stays the recipe's 512 prompts x 16 responses: gradient_accumulation_steps is divided
+# by the number of training nodes. TRL's server mode syncs weights to the rollout node over NCCL after
+# each step (port VLLM_GROUP_PORT on the rollout node must be reachable from training rank 0).
+# The tests of this repository cover vllm_mode=colocate (the recipe's single-node default); server mode
+# is TRL's own code path, not exercised here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROLE=${ROLE:?ROLE=rollout or ROLE=train}
+RECIPE=${RECIPE:-recipes/ovr-7b-rl.yaml}
+MODEL=${MODEL:-runs/ovr-7b-coldstart}       # the policy's starting point: the cold-start checkpoint
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+ROLLOUT_PORT=${ROLLOUT_PORT:-8000}
+VLLM_GROUP_PORT=${VLLM_GROUP_PORT:-51216}
+MAX_MODEL_LEN=${MAX_MODEL_LEN:-53248}       # = the recipe's vllm_max_model_length (prompt + 48k)
+RECIPE_ACCUMULATION=64                      # the recipe's gradient_accumulation_steps on one node
+
+run() {
+  if [[ -n "${DRY_RUN:-}" ]]; then printf '%q ' "$@"; echo; else exec "$@"; fi
+}
+
+case "$ROLE" in
+  rollout)
+    run trl vllm-serve --model "$MODEL" \
+      --tensor_parallel_size 1 --data_parallel_size "$GPUS_PER_NODE" \
+      --max_model_len "$MAX_MODEL_LEN" --gpu_memory_utilization 0.9 \
+      --host 0.0.0.0 --port "$ROLLOUT_PORT"
+    ;;
+  train)
+    NUM_TRAIN_NODES=${NUM_TRAIN_NODES:?number of training nodes}
+    NODE_RANK=${NODE_RANK:?rank of this node, 0..NUM_TRAIN_NODES-1}
+    MAIN_ADDR=${MAIN_ADDR:?address of training rank 0}
+    ROLLOUT_ADDR=${ROLLOUT_ADDR:?address of the rollout node}
+    if (( RECIPE_ACCUMULATION % NUM_TRAIN_NODES )); then
+      echo "NUM_TRAIN_NODES must divide $RECIPE_ACCUMULATION (the recipe's accumulation steps)" >&2
+      exit 2
+    fi
+    run accelerate launch \
+      --num_machines "$NUM_TRAIN_NODES" --machine_rank "$NODE_RANK" \
+      --main_process_ip "$MAIN_ADDR" --main_process_port "${MAIN_PORT:-29500}" \
+      --num_processes $(( NUM_TRAIN_NODES * GPUS_PER_NODE )) \
+      --use_deepspeed --deepspeed_config_file recipes/deepspeed/zero3.json \
+      -m ovr_train.rl --config "$RECIPE" \
+      model_name_or_path="$MODEL" \
+      vllm_mode=server vllm_server_base_url="http://$ROLLOUT_ADDR:$ROLLOUT_PORT" \
+      vllm_group_port="$VLLM_GROUP_PORT" vllm_enable_sleep_mode=false \
+      gradient_accumulation_steps=$(( RECIPE_ACCUMULATION / NUM_TRAIN_NODES ))
+    ;;
+  *)
+    echo "ROLE must be rollout or train, not $ROLE" >&2
+    exit 2
+    ;;
+esac
