@@ -1,0 +1,138 @@
+"""The conversation's views: the chat display, the request sent upstream, export and import."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from PIL import Image
+
+from webui import conversation as conv
+from webui.app import parse_settings, read_auth
+from webui.example_images import EXAMPLES, example_paths
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "dot.png"
+    Image.new("RGB", (8, 6), "red").save(path)
+    return str(path)
+
+
+@pytest.fixture
+def talk(image):
+    return [
+        conv.user_turn("How many dots?", [image]),
+        conv.assistant_turn("I see one red dot.", "One: $\\boxed{1}$", "stop", 2.0, 7),
+        conv.user_turn("And now?"),
+        conv.error_turn("Cannot reach the endpoint"),
+        conv.user_turn("Again?"),
+    ]
+
+
+def test_request_sends_images_inline_and_leaves_earlier_traces_out(talk, image):
+    messages = conv.to_openai(talk, system_prompt="Be brief.")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    first = messages[1]["content"]
+    assert first[0]["type"] == "image_url"
+    raw = base64.b64decode(first[0]["image_url"]["url"].split(",", 1)[1])
+    assert raw == open(image, "rb").read()
+    assert messages[2]["content"] == "One: $\\boxed{1}$"  # no trace
+    assert messages[3]["content"] == [{"type": "text", "text": "Again?"}]  # failed turn skipped
+
+
+def test_request_sends_traces_back_when_asked(talk):
+    messages = conv.to_openai(talk, include_reasoning=True)
+    assert messages[1]["content"].startswith("<think>\nI see one red dot.\n</think>")
+
+
+def test_chat_display_folds_thinking_once_the_answer_starts(talk):
+    turn = conv.assistant_turn("counting", "", None, 1.0, 3)
+    live = conv.to_chatbot(talk[:1] + [turn], live=True)
+    assert live[-1]["metadata"]["status"] == "pending"
+    assert live[-1]["metadata"]["log"] == "1.0 s · 3 tokens"
+    turn["answer"] = "Two"
+    shown = conv.to_chatbot(talk[:1] + [turn], live=True)
+    assert shown[-2]["metadata"]["status"] == "done" and shown[-1]["content"] == "Two"
+
+
+def test_chat_display_shows_image_then_text_and_highlights_the_boxed_result(talk, image):
+    shown = conv.to_chatbot(talk)
+    assert shown[0]["content"][0]["path"] == image and shown[0]["content"][1] == "How many dots?"
+    assert "ovr-result" in shown[2]["content"] and "\\boxed{1}" in shown[2]["content"]
+    assert shown[-2]["content"].startswith("⚠️")
+
+
+def test_truncated_trace_is_labelled_and_invites_continue():
+    turn = conv.assistant_turn("long trace", "", "length", 5.0, 4096)
+    shown = conv.to_chatbot([conv.user_turn("q"), turn])
+    assert conv.is_truncated(turn)
+    assert shown[1]["metadata"]["title"] == conv.TRUNCATED_TITLE
+    assert "Continue" in shown[2]["content"]
+
+
+def test_json_export_is_openai_format_and_imports_back(talk, tmp_path):
+    talk = talk[:3]
+    exported = json.loads(conv.export_json(talk, "Be brief."))
+    assert exported["messages"][2]["reasoning"] == "I see one red dot."
+    back, system = conv.import_json(json.dumps(exported), tmp_path / "imported")
+    assert system == "Be brief."
+    assert [t["role"] for t in back] == ["user", "assistant", "user"]
+    assert back[1]["reasoning"] == talk[1]["reasoning"] and back[1]["answer"] == talk[1]["answer"]
+    assert open(back[0]["images"][0], "rb").read() == open(talk[0]["images"][0], "rb").read()
+
+
+@pytest.mark.parametrize(
+    "assistant",
+    [
+        {"role": "assistant", "content": "A", "reasoning_content": "R"},
+        {"role": "assistant", "content": "<think>R</think>\n\nA"},
+    ],
+)
+def test_import_reads_either_reasoning_name_and_inline_tags(assistant, tmp_path):
+    back, _ = conv.import_json(json.dumps([{"role": "user", "content": "q"}, assistant]), tmp_path)
+    assert (back[1]["reasoning"], back[1]["answer"]) == ("R", "A")
+
+
+def test_import_refuses_links_and_garbage(tmp_path):
+    link = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]
+    with pytest.raises(ValueError, match="data: URLs"):
+        conv.import_json(json.dumps(link), tmp_path)
+    with pytest.raises(ValueError):
+        conv.import_json('{"nothing": 1}', tmp_path)
+
+
+def test_markdown_export_embeds_images_and_folds_traces(talk):
+    md = conv.export_markdown(talk[:2], "Be brief.")
+    assert "![dot.png](data:image/png;base64," in md
+    assert "<details><summary>Thinking (2.0 s, 7 tokens)</summary>" in md
+    assert "One: $\\boxed{1}$" in md
+
+
+def test_examples_ship_small_and_loadable():
+    paths = example_paths()
+    assert len(paths) == len(EXAMPLES) >= 2
+    for path, question in paths:
+        with Image.open(path) as img:
+            assert img.size == (320, 240)
+        assert "\\boxed{}" in question
+        assert len(open(path, "rb").read()) < 20_000
+
+
+def test_settings_read_key_and_login_from_environment(monkeypatch, tmp_path):
+    auth = tmp_path / "users"
+    auth.write_text("# users\nann:secret\n\nbob:pa:ss\n")
+    monkeypatch.setenv("OVR_API_KEY", "k-123")
+    monkeypatch.setenv("OVR_UI_USER", "eve")
+    monkeypatch.setenv("OVR_UI_PASSWORD", "pw")
+    s = parse_settings(
+        ["--endpoint", "http://h:1/v1/", "--auth-file", str(auth), "--root-path", "/ovr"]
+    )
+    assert s.api_key == "k-123" and s.endpoint == "http://h:1/v1" and s.root_path == "/ovr"
+    assert s.auth == [("ann", "secret"), ("bob", "pa:ss"), ("eve", "pw")]
+    assert "k-123" not in repr(s)
+    bad = tmp_path / "bad"
+    bad.write_text("nocolon\n")
+    with pytest.raises(SystemExit):
+        read_auth(str(bad))

@@ -1,0 +1,484 @@
+"""The OVR web UI: chat with images beside long reasoning traces, against any OpenAI-compatible API.
+
+    ovr-webui --endpoint http://127.0.0.1:8000/v1 --model ovr      # or: ovr-serve --ui
+
+The upstream API key comes from ``OVR_API_KEY`` and stays in this process; an optional login
+comes from ``OVR_UI_USER``/``OVR_UI_PASSWORD`` or ``--auth-file`` (lines of ``user:password``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from ovr_serve.format import THINK_OPEN
+from webui import conversation as conv
+from webui.example_images import EXAMPLES_DIR, example_paths
+from webui.stream import UPDATE_INTERVAL_S, TurnStream, UpdateThrottle
+from webui.upstream import Endpoint, describe_error, list_models, stream_turn
+
+DEFAULT_MAX_TOKENS = 16384  # OVR-7B traces often run to several thousand tokens
+MAX_TOKENS_CAP = 32768
+LATEX = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "\\[", "right": "\\]", "display": True},
+    {"left": "$", "right": "$", "display": False},
+    {"left": "\\(", "right": "\\)", "display": False},
+]
+CSS = """
+#ovr-chat .message-content img, #ovr-chat img.ovr-media { max-height: 280px; width: auto; }
+.ovr-result { display: inline-block; margin-top: .4em; padding: .35em .8em; border-radius: 8px;
+  border: 2px solid #16a34a; background: rgba(22, 163, 74, .10); font-weight: 600; }
+"""
+
+
+@dataclass
+class UISettings:
+    """Everything the app needs to know, from the command line and the environment."""
+
+    endpoint: str = "http://127.0.0.1:8000/v1"
+    model: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 7860
+    root_path: str | None = None
+    auth: list[tuple[str, str]] | None = field(default=None, repr=False)
+    concurrency: int = 16
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    idle_timeout: float = 300.0
+    update_interval: float = UPDATE_INTERVAL_S
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: parse flags and environment, build the app, serve it."""
+    settings = parse_settings(argv)
+    print(f"OVR web UI on http://{settings.host}:{settings.port} -> {settings.endpoint}")
+    launch(build_app(settings), settings)
+
+
+def parse_settings(argv: list[str] | None = None) -> UISettings:
+    """Command line plus ``OVR_API_KEY``/``OVR_UI_USER``/``OVR_UI_PASSWORD`` into settings."""
+    p = argparse.ArgumentParser(prog="ovr-webui", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--endpoint",
+        default=os.environ.get("OVR_ENDPOINT", UISettings.endpoint),
+        help="OpenAI-compatible base URL, ending in /v1.",
+    )
+    p.add_argument(
+        "--model", default=None, help="Model name to preselect (default: the first listed)."
+    )
+    p.add_argument("--host", default=UISettings.host, help="Address to listen on.")
+    p.add_argument("--port", type=int, default=UISettings.port, help="Port to listen on.")
+    p.add_argument(
+        "--root-path",
+        default=os.environ.get("OVR_UI_ROOT_PATH"),
+        help="URL prefix when served behind a reverse proxy, e.g. /ovr.",
+    )
+    p.add_argument("--auth-file", default=None, help="File of 'user:password' lines for the login.")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=UISettings.concurrency,
+        help="Chats generating at the same time (Gradio's queue runs 1 by default).",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        help="Default max tokens per answer (trace included).",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=UISettings.idle_timeout,
+        help="Seconds without a token before a generation counts as timed out.",
+    )
+    a = p.parse_args(argv)
+    auth = read_auth(a.auth_file)
+    user, password = os.environ.get("OVR_UI_USER"), os.environ.get("OVR_UI_PASSWORD")
+    if user and password:
+        auth = (auth or []) + [(user, password)]
+    return UISettings(
+        endpoint=a.endpoint.rstrip("/"),
+        model=a.model,
+        api_key=os.environ.get("OVR_API_KEY") or None,
+        host=a.host,
+        port=a.port,
+        root_path=a.root_path,
+        auth=auth,
+        concurrency=a.concurrency,
+        max_tokens=a.max_tokens,
+        idle_timeout=a.idle_timeout,
+    )
+
+
+def read_auth(path: str | None) -> list[tuple[str, str]] | None:
+    """``user:password`` lines (``#`` comments and blank lines skipped); None without a file."""
+    if not path:
+        return None
+    pairs = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user or not password:
+            raise SystemExit(f"{path}:{n}: expected 'user:password'")
+        pairs.append((user, password))
+    return pairs
+
+
+def launch(app: gr.Blocks, settings: UISettings, **kwargs):
+    """Start serving ``app`` (blocks unless ``prevent_thread_lock=True`` is passed)."""
+    return app.launch(
+        server_name=settings.host,
+        server_port=settings.port,
+        root_path=settings.root_path,
+        auth=_auth_check(settings.auth) if settings.auth else None,
+        allowed_paths=[str(EXAMPLES_DIR)],
+        show_error=False,
+        footer_links=[],
+        theme=gr.themes.Soft(),
+        css=CSS,
+        **kwargs,
+    )
+
+
+def _auth_check(pairs: list[tuple[str, str]]):
+    def check(user: str, password: str) -> bool:
+        ok = False
+        for u, p in pairs:  # compare all, in constant time each
+            ok |= hmac.compare_digest(u, user) & hmac.compare_digest(p, password)
+        return ok
+
+    return check
+
+
+def build_app(settings: UISettings) -> gr.Blocks:
+    """The Gradio Blocks app (not launched), queue set for ``settings.concurrency`` chats."""
+    endpoint = Endpoint(settings.endpoint, settings.api_key, idle_timeout=settings.idle_timeout)
+    chat = _Handlers(endpoint, settings)
+    with gr.Blocks(title="Open Vision Reasoner") as app:
+        conversation = gr.State([])
+        with gr.Sidebar(open=True, position="right"):
+            gr.Markdown("### Settings")
+            model = gr.Dropdown(
+                choices=[settings.model] if settings.model else [],
+                value=settings.model,
+                label="Model",
+                allow_custom_value=True,
+                elem_id="ovr-model",
+            )
+            refresh = gr.Button("Refresh model list", size="sm")
+            system = gr.Textbox(label="System prompt", lines=3, elem_id="ovr-system")
+            temperature = gr.Slider(0.0, 2.0, value=0.6, step=0.05, label="Temperature")
+            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+            max_tokens = gr.Slider(
+                64,
+                MAX_TOKENS_CAP,
+                value=settings.max_tokens,
+                step=64,
+                label="Max tokens",
+                info="Trace and answer together: OVR traces often run to thousands of tokens.",
+                elem_id="ovr-max-tokens",
+            )
+            send_traces = gr.Checkbox(
+                False,
+                label="Send earlier reasoning back to the model",
+                info="Off: earlier turns send their answers only (shorter prompts).",
+            )
+            gr.Markdown("### Conversation")
+            export_btn = gr.Button("Export (Markdown + JSON)", size="sm", elem_id="ovr-export")
+            exported = gr.File(
+                label="Exported", file_count="multiple", interactive=False, elem_id="ovr-exported"
+            )
+            import_btn = gr.UploadButton(
+                "Import JSON", file_types=[".json"], size="sm", elem_id="ovr-import"
+            )
+        gr.Markdown("## Open Vision Reasoner")
+        chatbot = gr.Chatbot(
+            elem_id="ovr-chat",
+            height="68vh",
+            latex_delimiters=LATEX,
+            buttons=["copy", "copy_all"],
+            placeholder="Ask a question about an image: upload, drop or paste one below.",
+            feedback_options=None,
+            layout="bubble",
+        )
+        box = gr.MultimodalTextbox(
+            file_types=["image"],
+            file_count="multiple",
+            sources=["upload"],
+            placeholder="Type a question; drop, paste or upload images…",
+            show_label=False,
+            submit_btn=True,
+            stop_btn=False,
+            elem_id="ovr-input",
+        )
+        with gr.Row():
+            continue_btn = gr.Button(
+                "Continue the trace", visible=False, variant="primary", elem_id="ovr-continue"
+            )
+            regen_btn = gr.Button("Regenerate", elem_id="ovr-regenerate")
+            edit_btn = gr.Button("Edit last question", elem_id="ovr-edit")
+            clear_btn = gr.Button("Clear", elem_id="ovr-clear")
+        gr.Examples(
+            examples=[[{"text": q, "files": [p]}] for p, q in example_paths()],
+            inputs=[box],
+            label="Examples (drawn by the project)",
+        )
+
+        options = [model, system, temperature, top_p, max_tokens, send_traces]
+        gen_out = [conversation, chatbot, continue_btn, box]
+        busy = {"fn": _busy, "inputs": None, "outputs": [box, continue_btn], "queue": False}
+        idle = {"fn": _idle, "inputs": None, "outputs": [box], "queue": False}
+
+        submit = box.submit(
+            chat.add_user, [box, conversation], [conversation, chatbot, box], queue=False
+        )
+        submit_gen = submit.success(**busy).then(chat.generate, [conversation, *options], gen_out)
+        submit_gen.then(**idle)
+        regen = regen_btn.click(
+            chat.drop_answer, [conversation], [conversation, chatbot], queue=False
+        )
+        regen_gen = regen.success(**busy).then(chat.generate, [conversation, *options], gen_out)
+        regen_gen.then(**idle)
+        cont = continue_btn.click(**busy)
+        cont_gen = cont.then(chat.continue_trace, [conversation, *options], gen_out)
+        cont_gen.then(**idle)
+        running = [submit_gen, regen_gen, cont_gen]
+        box.stop(None, None, None, cancels=running, queue=False).then(
+            chat.mark_stopped, [conversation], [conversation, chatbot, continue_btn], queue=False
+        ).then(**idle)
+
+        edit_btn.click(chat.edit_last, [conversation], [conversation, chatbot, box], queue=False)
+        clear_btn.click(
+            lambda: ([], [], gr.update(visible=False)),
+            None,
+            [conversation, chatbot, continue_btn],
+            queue=False,
+            cancels=running,
+        )
+        export_btn.click(chat.export, [conversation, system], [exported], queue=False)
+        import_btn.upload(
+            chat.import_file, [import_btn], [conversation, chatbot, system], queue=False
+        )
+        refresh.click(chat.refresh_models, [model], [model, max_tokens], queue=False)
+        app.load(chat.refresh_models, [model], [model, max_tokens], queue=False)
+    app.queue(default_concurrency_limit=settings.concurrency)
+    return app
+
+
+def _busy():
+    return gr.update(submit_btn=False, stop_btn=True), gr.update(visible=False)
+
+
+def _idle():
+    return gr.update(submit_btn=True, stop_btn=False)
+
+
+class _Handlers:
+    """The event handlers; each takes and returns plain values (the conversation list)."""
+
+    def __init__(self, endpoint: Endpoint, settings: UISettings):
+        self.endpoint = endpoint
+        self.settings = settings
+
+    # --- sending ----------------------------------------------------------------------------
+    def add_user(self, message: dict | None, conversation: list[dict]):
+        """Append the typed text and images as a user turn; refuse an empty message."""
+        message = message or {}
+        text = (message.get("text") or "").strip()
+        files = [_path_of(f) for f in message.get("files") or []]
+        if not text and not files:
+            raise gr.Error("Type a question or add an image first.", print_exception=False)
+        conversation = conversation + [conv.user_turn(text, files)]
+        return conversation, conv.to_chatbot(conversation), gr.update(value=None)
+
+    def drop_answer(self, conversation: list[dict]):
+        """Remove everything after the last user turn, so it can be answered again."""
+        last_user = _last_index(conversation, "user")
+        if last_user is None:
+            raise gr.Error("Nothing to regenerate yet.", print_exception=False)
+        conversation = conversation[: last_user + 1]
+        return conversation, conv.to_chatbot(conversation)
+
+    def edit_last(self, conversation: list[dict]):
+        """Put the last question (text and images) back in the input box and take it out of the chat."""
+        last_user = _last_index(conversation, "user")
+        if last_user is None:
+            return conversation, conv.to_chatbot(conversation), gr.skip()
+        turn = conversation[last_user]
+        conversation = conversation[:last_user]
+        box = {"text": turn["text"], "files": list(turn["images"])}
+        return conversation, conv.to_chatbot(conversation), box
+
+    async def generate(self, conversation, model, system, temperature, top_p, max_tokens, traces):
+        """Stream an answer to the conversation's last user turn into a new assistant turn."""
+        messages = conv.to_openai(conversation, system, include_reasoning=traces)
+        request = self._request(model, messages, temperature, top_p, max_tokens)
+        turn = conv.assistant_turn()
+        conversation.append(turn)
+        async for update in self._stream(conversation, turn, request, TurnStream()):
+            yield update
+
+    async def continue_trace(
+        self, conversation, model, system, temperature, top_p, max_tokens, traces
+    ):
+        """Continue a trace the token limit cut off, in the same assistant turn."""
+        if not conversation or not conv.is_truncated(conversation[-1]):
+            yield conversation, conv.to_chatbot(conversation), gr.update(visible=False), gr.skip()
+            return
+        turn = conversation[-1]
+        messages = conv.to_openai(conversation[:-1], system, include_reasoning=traces)
+        # The cut-off trace goes back as the start of the reply; vLLM continues it in place.
+        messages.append({"role": "assistant", "content": f"{THINK_OPEN}\n{turn['reasoning']}"})
+        request = self._request(model, messages, temperature, top_p, max_tokens)
+        request["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+        turn["finish_reason"] = None
+        stream = TurnStream(prior_reasoning=turn["reasoning"])
+        async for update in self._stream(
+            conversation,
+            turn,
+            request,
+            stream,
+            base_tokens=turn["tokens"],
+            base_seconds=turn["seconds"],
+        ):
+            yield update
+
+    def _request(self, model, messages, temperature, top_p, max_tokens) -> dict:
+        return {
+            "model": model or self.settings.model or "",
+            "messages": messages,
+            "temperature": float(temperature),
+            "top_p": float(top_p),
+            "max_tokens": int(max_tokens),
+        }
+
+    async def _stream(
+        self, conversation, turn, request, stream: TurnStream, base_tokens=0, base_seconds=None
+    ):
+        throttle = UpdateThrottle(self.settings.update_interval)
+
+        def sync():
+            turn["reasoning"], turn["answer"] = stream.reasoning, stream.answer
+            turn["tokens"] = base_tokens + stream.reasoning_tokens
+            turn["seconds"] = (base_seconds or 0) + stream.elapsed()
+            turn["finish_reason"] = stream.finish_reason
+
+        yield conversation, conv.to_chatbot(conversation, live=True), gr.skip(), gr.skip()
+        try:
+            async with self.endpoint.client() as client:
+                async for _ in stream_turn(
+                    client, request, stream, throttle, self.endpoint.idle_timeout
+                ):
+                    sync()
+                    yield (
+                        conversation,
+                        conv.to_chatbot(conversation, live=True),
+                        gr.skip(),
+                        gr.skip(),
+                    )
+        except asyncio.CancelledError:
+            sync()
+            turn["stopped"] = True  # Stop: the task is cancelled and the HTTP stream closed
+            raise
+        except Exception as err:  # shown in the chat; the question goes back in the box
+            sync()
+            turn["finish_reason"] = turn["finish_reason"] or "error"
+            if not (turn["reasoning"] or turn["answer"]):
+                conversation.remove(turn)
+            conversation.append(conv.error_turn(describe_error(err, self.endpoint.base_url)))
+            last_user = conversation[_last_index(conversation, "user")]
+            box = {"text": last_user["text"], "files": list(last_user["images"])}
+            yield conversation, conv.to_chatbot(conversation), gr.update(visible=False), box
+            return
+        sync()
+        yield (
+            conversation,
+            conv.to_chatbot(conversation),
+            gr.update(visible=conv.is_truncated(turn)),
+            gr.skip(),
+        )
+
+    def mark_stopped(self, conversation: list[dict]):
+        """After Stop: the cut-off turn is shown as stopped, its panel folded."""
+        if conversation and conversation[-1]["role"] == "assistant":
+            turn = conversation[-1]
+            if turn["finish_reason"] is None:
+                turn["stopped"] = True
+                turn["finish_reason"] = "stop"
+        return conversation, conv.to_chatbot(conversation), gr.update(visible=False)
+
+    # --- conversation files -----------------------------------------------------------------
+    def export(self, conversation: list[dict], system: str):
+        """Write the conversation as Markdown and as OpenAI-format JSON; return both paths."""
+        if not conversation:
+            raise gr.Error("Nothing to export yet.", print_exception=False)
+        out = Path(tempfile.mkdtemp(prefix="ovr-export-"))
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        md, js = out / f"ovr-chat-{stamp}.md", out / f"ovr-chat-{stamp}.json"
+        md.write_text(conv.export_markdown(conversation, system), encoding="utf-8")
+        js.write_text(conv.export_json(conversation, system), encoding="utf-8")
+        return [str(md), str(js)]
+
+    def import_file(self, file):
+        """Load a JSON conversation (ours or any OpenAI-format list of messages)."""
+        try:
+            text = Path(_path_of(file)).read_text(encoding="utf-8")
+            conversation, system = conv.import_json(
+                text, Path(gr.utils.get_upload_folder()) / "ovr-import"
+            )
+        except (ValueError, UnicodeDecodeError) as err:
+            raise gr.Error(f"Cannot import that file: {err}", print_exception=False) from err
+        return conversation, conv.to_chatbot(conversation), system
+
+    async def refresh_models(self, current: str | None):
+        """Fill the model list from ``/v1/models``; size the max-tokens slider to the context."""
+        try:
+            models = await list_models(self.endpoint)
+        except Exception as err:
+            gr.Warning(f"Could not list models: {describe_error(err, self.endpoint.base_url)}")
+            return gr.skip(), gr.skip()
+        ids = [m.id for m in models]
+        value = (
+            current
+            if current in ids
+            else (
+                self.settings.model if self.settings.model in ids else (ids[0] if ids else current)
+            )
+        )
+        ctx = next((m.max_model_len for m in models if m.id == value and m.max_model_len), None)
+        slider = gr.skip()
+        if ctx:
+            default = min(self.settings.max_tokens, max(64, ctx // 2))
+            slider = gr.update(maximum=ctx, value=default)
+        return gr.update(choices=ids, value=value), slider
+
+
+def _path_of(file) -> str:
+    if isinstance(file, str):
+        return file
+    if isinstance(file, dict):
+        return file.get("path") or file["name"]
+    return getattr(file, "path", None) or file.name
+
+
+def _last_index(conversation: list[dict], role: str) -> int | None:
+    for i in range(len(conversation) - 1, -1, -1):
+        if conversation[i]["role"] == role:
+            return i
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""A conversation as the UI keeps it, and every view of it: the chat display, the request, the exports.
+
+The conversation is a list of plain dicts (it lives in ``gr.State`` and survives JSON):
+
+- ``{"role": "user", "text": str, "images": [path, …]}``
+- ``{"role": "assistant", "reasoning": str, "answer": str, "finish_reason": str | None,
+  "seconds": float | None, "tokens": int, "stopped": bool}``
+- ``{"role": "error", "text": str}``: shown in the chat, never sent to the model.
+
+The chat display is rendered from it (never the other way round), so the raw answer and trace
+are kept whole for export and resend while the display can decorate them (the boxed result).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import mimetypes
+import tempfile
+import uuid
+from pathlib import Path
+
+from ovr_serve.format import extract_boxed, format_completion, split_reasoning
+
+THINKING_TITLE = "Thinking"
+TRUNCATED_TITLE = "Thinking — cut off by the token limit"
+
+
+# --- building turns -----------------------------------------------------------------------------
+def user_turn(text: str, images: list[str] | None = None) -> dict:
+    """A user message: its text and the local paths of its images."""
+    return {"role": "user", "text": text or "", "images": list(images or [])}
+
+
+def assistant_turn(
+    reasoning: str = "",
+    answer: str = "",
+    finish_reason: str | None = None,
+    seconds: float | None = None,
+    tokens: int = 0,
+    stopped: bool = False,
+) -> dict:
+    """An assistant message: trace and answer kept apart, with how the stream ended."""
+    return {
+        "role": "assistant",
+        "reasoning": reasoning,
+        "answer": answer,
+        "finish_reason": finish_reason,
+        "seconds": seconds,
+        "tokens": tokens,
+        "stopped": stopped,
+    }
+
+
+def error_turn(text: str) -> dict:
+    """An error shown in the chat in place of an answer."""
+    return {"role": "error", "text": text}
+
+
+def is_truncated(turn: dict) -> bool:
+    """An assistant turn the token limit cut off before its answer began."""
+    return (
+        turn.get("role") == "assistant"
+        and turn.get("finish_reason") == "length"
+        and not turn.get("answer", "").strip()
+    )
+
+
+# --- the chat display -----------------------------------------------------------------------------
+def to_chatbot(conversation: list[dict], live: bool = False) -> list[dict]:
+    """Gradio ``Chatbot`` messages for a conversation; ``live`` marks its last turn as streaming."""
+    out: list[dict] = []
+    last = len(conversation) - 1
+    for i, turn in enumerate(conversation):
+        role = turn["role"]
+        if role == "user":
+            content: list = [{"path": p, "alt_text": Path(p).name} for p in turn["images"]]
+            if turn["text"]:
+                content.append(turn["text"])
+            out.append({"role": "user", "content": content or [""]})
+        elif role == "assistant":
+            out.extend(_assistant_messages(turn, streaming=live and i == last))
+        else:
+            out.append({"role": "assistant", "content": f"⚠️ **Error:** {turn['text']}"})
+    return out
+
+
+def _assistant_messages(turn: dict, streaming: bool) -> list[dict]:
+    messages = []
+    thinking = streaming and not turn["answer"] and not turn["finish_reason"]
+    if turn["reasoning"] or thinking:
+        stats = [f"{turn['seconds'] or 0:.1f} s", f"{turn['tokens']} tokens"]
+        messages.append(
+            {
+                "role": "assistant",
+                "content": turn["reasoning"],
+                "metadata": {
+                    "title": TRUNCATED_TITLE if is_truncated(turn) else THINKING_TITLE,
+                    "log": " · ".join(stats),
+                    "status": "pending" if thinking else "done",
+                },
+            }
+        )
+    answer = decorate_answer(turn["answer"]) if turn["answer"].strip() else ""
+    if turn.get("stopped"):
+        answer += "\n\n*⏹ Stopped.*"
+    elif is_truncated(turn):
+        answer += "*The trace hit the token limit before an answer: press **Continue** to go on.*"
+    if answer.strip():
+        messages.append({"role": "assistant", "content": answer.strip()})
+    return messages
+
+
+def decorate_answer(answer: str) -> str:
+    """The answer as Markdown, with its final ``\\boxed{}`` result repeated in a callout."""
+    boxed = extract_boxed(answer)
+    if boxed is None:
+        return answer
+    return f'{answer}\n\n<div class="ovr-result">Final answer: $\\boxed{{{boxed}}}$</div>'
+
+
+# --- the request ----------------------------------------------------------------------------------
+def to_openai(
+    conversation: list[dict],
+    system_prompt: str = "",
+    include_reasoning: bool = False,
+    inline_images: bool = True,
+) -> list[dict]:
+    """OpenAI chat messages: images as data URLs, earlier traces left out unless asked for.
+
+    Errors (and the user message that caused them, when nothing answered it) are not sent.
+    """
+    messages: list[dict] = []
+    if system_prompt.strip():
+        messages.append({"role": "system", "content": system_prompt.strip()})
+    for i, turn in enumerate(conversation):
+        role = turn["role"]
+        if role == "user":
+            nxt = conversation[i + 1] if i + 1 < len(conversation) else None
+            if nxt is not None and nxt["role"] == "error":
+                continue
+            parts: list[dict] = [
+                {"type": "image_url", "image_url": {"url": image_url(p) if inline_images else p}}
+                for p in turn["images"]
+            ]
+            if turn["text"]:
+                parts.append({"type": "text", "text": turn["text"]})
+            messages.append({"role": "user", "content": parts})
+        elif role == "assistant":
+            if include_reasoning and turn["reasoning"]:
+                content = format_completion(turn["reasoning"], turn["answer"])
+            else:
+                content = turn["answer"]
+            messages.append({"role": "assistant", "content": content})
+    return messages
+
+
+def image_url(path: str) -> str:
+    """A ``data:`` URL holding the image file's bytes."""
+    mime = mimetypes.guess_type(path)[0] or "image/png"
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"data:{mime};base64,{data}"
+
+
+# --- export / import ------------------------------------------------------------------------------
+def export_json(conversation: list[dict], system_prompt: str = "") -> str:
+    """The conversation in the OpenAI message format, traces in ``reasoning``, images inline."""
+    messages = to_openai(conversation, system_prompt)
+    answers = iter(t for t in conversation if t["role"] == "assistant")
+    for message in messages:
+        if message["role"] == "assistant":
+            turn = next(answers)
+            if turn["reasoning"]:
+                message["reasoning"] = turn["reasoning"]
+            if turn["finish_reason"]:
+                message["finish_reason"] = turn["finish_reason"]
+    return json.dumps({"messages": messages}, indent=2, ensure_ascii=False)
+
+
+def export_markdown(conversation: list[dict], system_prompt: str = "") -> str:
+    """A readable Markdown transcript: images embedded as data URLs, traces folded in <details>."""
+    lines = ["# OVR conversation", ""]
+    if system_prompt.strip():
+        lines += ["**System:** " + system_prompt.strip(), ""]
+    for turn in conversation:
+        if turn["role"] == "user":
+            lines += ["## User", ""]
+            lines += [f"![{Path(p).name}]({image_url(p)})" for p in turn["images"]]
+            lines += ["", turn["text"], ""]
+        elif turn["role"] == "assistant":
+            lines += ["## Assistant", ""]
+            if turn["reasoning"]:
+                title = TRUNCATED_TITLE if is_truncated(turn) else THINKING_TITLE
+                stats = f"{turn['seconds'] or 0:.1f} s, {turn['tokens']} tokens"
+                lines += [f"<details><summary>{title} ({stats})</summary>", ""]
+                lines += [turn["reasoning"].strip(), "", "</details>", ""]
+            lines += [turn["answer"].strip(), ""]
+        else:
+            lines += [f"> ⚠️ Error: {turn['text']}", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def import_json(text: str, image_dir: str | Path | None = None) -> tuple[list[dict], str]:
+    """Read an exported (or any OpenAI-format) conversation back: (conversation, system prompt).
+
+    Accepts ``{"messages": [...]}`` or a bare list; traces from ``reasoning``,
+    ``reasoning_content`` or inline ``<think>`` tags; data-URL images are written to ``image_dir``.
+    """
+    data = json.loads(text)
+    messages = data.get("messages") if isinstance(data, dict) else data
+    if not isinstance(messages, list):
+        raise ValueError("expected a JSON list of messages or an object with 'messages'")
+    image_dir = Path(image_dir or tempfile.mkdtemp(prefix="ovr-import-"))
+    image_dir.mkdir(parents=True, exist_ok=True)
+    conversation: list[dict] = []
+    system = ""
+    for n, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message:
+            raise ValueError(f"message {n} has no role")
+        role, content = message["role"], message.get("content")
+        if role == "system":
+            system = _text_of(content)
+        elif role == "user":
+            images = [_save_image(url, image_dir) for url in _image_urls(content)]
+            conversation.append(user_turn(_text_of(content), images))
+        elif role == "assistant":
+            reasoning = message.get("reasoning") or message.get("reasoning_content") or ""
+            answer = _text_of(content)
+            if not reasoning:
+                split = split_reasoning(answer)
+                reasoning, answer = split.reasoning, split.answer
+            conversation.append(
+                assistant_turn(reasoning, answer, finish_reason=message.get("finish_reason"))
+            )
+        else:
+            raise ValueError(f"message {n}: unsupported role {role!r}")
+    return conversation, system
+
+
+def _text_of(content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
+
+
+def _image_urls(content) -> list[str]:
+    if not isinstance(content, list):
+        return []
+    return [p["image_url"]["url"] for p in content if p.get("type") == "image_url"]
+
+
+def _save_image(url: str, image_dir: Path) -> str:
+    if not url.startswith("data:") or ";base64," not in url:
+        raise ValueError("only data: URLs can be imported (got a link to somewhere else)")
+    header, data = url.split(",", 1)
+    ext = mimetypes.guess_extension(header[5:].split(";")[0]) or ".png"
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except binascii.Error as err:
+        raise ValueError(f"an image in the file is not valid base64: {err}") from err
+    path = image_dir / f"{uuid.uuid4().hex[:12]}{ext}"
+    path.write_bytes(raw)
+    return str(path)
