@@ -69,7 +69,9 @@ def main() -> None:
         r = min(runs, key=lambda r: r["seconds"])
         best[mode] = r
         per_token = r["seconds"] / r["tokens"] * 1e6
-        print(f"{mode:8} {r['updates']:>8} {r['seconds']:>9.2f} {per_token:>9.1f} {r['bytes'] / 1e6:>8.2f}")
+        print(
+            f"{mode:8} {r['updates']:>8} {r['seconds']:>9.2f} {per_token:>9.1f} {r['bytes'] / 1e6:>8.2f}"
+        )
     n, b = best["naive"], best["batched"]
     print(
         f"batched vs naive: {n['updates'] / b['updates']:.0f}x fewer UI updates, "
@@ -86,7 +88,9 @@ async def run_once(endpoint: str, interval: float) -> dict:
     conversation = [conv.user_turn("How many circles?")]
     previous, updates, sent = None, 0, 0
     start = time.perf_counter()
-    async for _conv, shown, *_ in handlers.generate(conversation, "fake", "", 0.6, 0.95, 30000, False):
+    async for _conv, shown, *_ in handlers.generate(
+        conversation, "fake", "", 0.6, 0.95, 30000, False
+    ):
         value = chatbot.postprocess(shown).model_dump()
         payload = value if previous is None else gr_utils.diff(previous, value)
         sent += len(json.dumps(payload))
@@ -101,8 +105,10 @@ async def run_once(endpoint: str, interval: float) -> dict:
 def fake_upstream(tokens: int) -> FastAPI:
     """An OpenAI-compatible ``/v1/chat/completions`` that streams as fast as the socket takes."""
     app = FastAPI()
-    lines = [_sse({"reasoning": WORDS[i % len(WORDS)] + ("\n" if i % 17 == 16 else " ")})
-             for i in range(tokens)]
+    lines = [
+        _sse({"reasoning": WORDS[i % len(WORDS)] + ("\n" if i % 17 == 16 else " ")})
+        for i in range(tokens)
+    ]
     lines += [_sse({"content": w + " "}) for w in "So there are $\\boxed{3}$ circles.".split()]
     lines.append(_sse({}, finish="stop"))
     body = "".join(lines) + "data: [DONE]\n\n"

@@ -108,6 +108,14 @@ def test_openai_chunk_objects_carry_both_reasoning_names():
         assert delta_fields(obj).reasoning == "hmm"
 
 
+def test_only_the_first_choice_is_read_when_several_interleave():
+    turn = TurnStream()
+    for i, text in [(1, "<think>other"), (0, "<think>mine</think>A"), (1, "</think>B")]:
+        turn.feed({"choices": [{"index": i, "delta": {"content": text}, "finish_reason": None}]})
+    turn.finish()
+    assert (turn.reasoning, turn.answer) == ("mine", "A")
+
+
 def test_usage_chunk_without_choices_is_read():
     d = delta_fields({"choices": [], "usage": {"completion_tokens": 42}})
     assert d.completion_tokens == 42 and d.content == "" and d.reasoning == ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
+import json
 import os
 import tempfile
 import time
@@ -179,7 +180,9 @@ def build_app(settings: UISettings) -> gr.Blocks:
             )
             refresh = gr.Button("Refresh model list", size="sm")
             system = gr.Textbox(label="System prompt", lines=3, elem_id="ovr-system")
-            temperature = gr.Slider(0.0, 2.0, value=0.6, step=0.05, label="Temperature")
+            temperature = gr.Slider(
+                0.0, 2.0, value=0.6, step=0.05, label="Temperature", elem_id="ovr-temperature"
+            )
             top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
             max_tokens = gr.Slider(
                 64,
@@ -194,6 +197,13 @@ def build_app(settings: UISettings) -> gr.Blocks:
                 False,
                 label="Send earlier reasoning back to the model",
                 info="Off: earlier turns send their answers only (shorter prompts).",
+            )
+            extra = gr.Textbox(
+                "",
+                label="Extra request parameters (JSON)",
+                placeholder='{"top_k": 20, "repetition_penalty": 1.05}',
+                info="Sent as-is with each request (vLLM sampling parameters and the like).",
+                elem_id="ovr-extra",
             )
             gr.Markdown("### Conversation")
             export_btn = gr.Button("Export (Markdown + JSON)", size="sm", elem_id="ovr-export")
@@ -211,6 +221,8 @@ def build_app(settings: UISettings) -> gr.Blocks:
             buttons=["copy", "copy_all"],
             placeholder="Ask a question about an image: upload, drop or paste one below.",
             feedback_options=None,
+            label="Conversation",
+            show_label=False,
             layout="bubble",
         )
         box = gr.MultimodalTextbox(
@@ -236,7 +248,7 @@ def build_app(settings: UISettings) -> gr.Blocks:
             label="Examples (drawn by the project)",
         )
 
-        options = [model, system, temperature, top_p, max_tokens, send_traces]
+        options = [model, system, temperature, top_p, max_tokens, send_traces, extra]
         gen_out = [conversation, chatbot, continue_btn, box]
         busy = {"fn": _busy, "inputs": None, "outputs": [box, continue_btn], "queue": False}
         idle = {"fn": _idle, "inputs": None, "outputs": [box], "queue": False}
@@ -264,6 +276,13 @@ def build_app(settings: UISettings) -> gr.Blocks:
             lambda: ([], [], gr.update(visible=False)),
             None,
             [conversation, chatbot, continue_btn],
+            queue=False,
+            cancels=running,
+        )
+        chatbot.clear(
+            lambda: ([], gr.update(visible=False)),
+            None,
+            [conversation, continue_btn],
             queue=False,
             cancels=running,
         )
@@ -321,17 +340,19 @@ class _Handlers:
         box = {"text": turn["text"], "files": list(turn["images"])}
         return conversation, conv.to_chatbot(conversation), box
 
-    async def generate(self, conversation, model, system, temperature, top_p, max_tokens, traces):
+    async def generate(
+        self, conversation, model, system, temperature, top_p, max_tokens, traces, extra="{}"
+    ):
         """Stream an answer to the conversation's last user turn into a new assistant turn."""
         messages = conv.to_openai(conversation, system, include_reasoning=traces)
-        request = self._request(model, messages, temperature, top_p, max_tokens)
         turn = conv.assistant_turn()
         conversation.append(turn)
+        request = lambda: self._request(model, messages, temperature, top_p, max_tokens, extra)  # noqa: E731
         async for update in self._stream(conversation, turn, request, TurnStream()):
             yield update
 
     async def continue_trace(
-        self, conversation, model, system, temperature, top_p, max_tokens, traces
+        self, conversation, model, system, temperature, top_p, max_tokens, traces, extra="{}"
     ):
         """Continue a trace the token limit cut off, in the same assistant turn."""
         if not conversation or not conv.is_truncated(conversation[-1]):
@@ -340,9 +361,17 @@ class _Handlers:
         turn = conversation[-1]
         messages = conv.to_openai(conversation[:-1], system, include_reasoning=traces)
         # The cut-off trace goes back as the start of the reply; vLLM continues it in place.
-        messages.append({"role": "assistant", "content": f"{THINK_OPEN}\n{turn['reasoning']}"})
-        request = self._request(model, messages, temperature, top_p, max_tokens)
-        request["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+        messages.append({"role": "assistant", "content": THINK_OPEN + turn["reasoning"]})
+
+        def request():
+            r = self._request(model, messages, temperature, top_p, max_tokens, extra)
+            r["extra_body"] = {
+                **r.get("extra_body", {}),
+                "continue_final_message": True,
+                "add_generation_prompt": False,
+            }
+            return r
+
         turn["finish_reason"] = None
         stream = TurnStream(prior_reasoning=turn["reasoning"])
         async for update in self._stream(
@@ -355,14 +384,18 @@ class _Handlers:
         ):
             yield update
 
-    def _request(self, model, messages, temperature, top_p, max_tokens) -> dict:
-        return {
+    def _request(self, model, messages, temperature, top_p, max_tokens, extra) -> dict:
+        request = {
             "model": model or self.settings.model or "",
             "messages": messages,
             "temperature": float(temperature),
             "top_p": float(top_p),
             "max_tokens": int(max_tokens),
         }
+        params = parse_extra(extra)
+        if params:
+            request["extra_body"] = params
+        return request
 
     async def _stream(
         self, conversation, turn, request, stream: TurnStream, base_tokens=0, base_seconds=None
@@ -379,7 +412,7 @@ class _Handlers:
         try:
             async with self.endpoint.client() as client:
                 async for _ in stream_turn(
-                    client, request, stream, throttle, self.endpoint.idle_timeout
+                    client, request(), stream, throttle, self.endpoint.idle_timeout
                 ):
                     sync()
                     yield (
@@ -394,9 +427,13 @@ class _Handlers:
             raise
         except Exception as err:  # shown in the chat; the question goes back in the box
             sync()
-            turn["finish_reason"] = turn["finish_reason"] or "error"
-            if not (turn["reasoning"] or turn["answer"]):
-                conversation.remove(turn)
+            if stream.reasoning == stream.prior_reasoning and not stream.answer:
+                if stream.prior_reasoning:  # a failed "continue": the cut trace stays continuable
+                    turn["finish_reason"] = "length"
+                else:
+                    conversation.remove(turn)
+            else:
+                turn["finish_reason"] = turn["finish_reason"] or "error"
             conversation.append(conv.error_turn(describe_error(err, self.endpoint.base_url)))
             last_user = conversation[_last_index(conversation, "user")]
             box = {"text": last_user["text"], "files": list(last_user["images"])}
@@ -463,6 +500,19 @@ class _Handlers:
             default = min(self.settings.max_tokens, max(64, ctx // 2))
             slider = gr.update(maximum=ctx, value=default)
         return gr.update(choices=ids, value=value), slider
+
+
+def parse_extra(text: str | None) -> dict:
+    """The side panel's extra request parameters: a JSON object, or a ValueError that says why."""
+    if not (text or "").strip():
+        return {}
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"Extra request parameters are not valid JSON: {err}") from err
+    if not isinstance(params, dict):
+        raise ValueError('Extra request parameters must be a JSON object, like {"top_k": 20}.')
+    return params
 
 
 def _path_of(file) -> str:

@@ -39,10 +39,10 @@ def delta_fields(chunk) -> DeltaFields:
     usage = get(chunk, "usage")
     if usage is not None:
         out.completion_tokens = get(usage, "completion_tokens")
-    choices = get(chunk, "choices") or []
-    if not choices:
+    # With n > 1 the choices interleave; the UI shows the first one.
+    choice = next((c for c in get(chunk, "choices") or [] if (get(c, "index") or 0) == 0), None)
+    if choice is None:
         return out
-    choice = choices[0]
     delta = get(choice, "delta") or {}
     out.content = get(delta, "content") or ""
     out.reasoning = get(delta, "reasoning") or get(delta, "reasoning_content") or ""

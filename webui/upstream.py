@@ -106,6 +106,8 @@ async def stream_turn(
 
 def describe_error(err: BaseException, base_url: str) -> str:
     """One sentence for the chat that says what failed and what to do."""
+    if isinstance(err, ValueError):  # our own checks of what the user entered
+        return str(err)
     if isinstance(err, StreamTimeout):
         return f"The endpoint stopped sending tokens ({err}). Press Regenerate to try again."
     if isinstance(err, openai.APITimeoutError):

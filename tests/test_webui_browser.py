@@ -1,0 +1,217 @@
+"""The web UI in a real headless Chromium against the real ovr-serve endpoint on the tiny model.
+
+Screenshots land in artifacts/screenshots/. Needs Debian's chromium (`apt-get install chromium`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.webui_helpers import CHROMIUM, chromium_page, running_webui, screenshot
+from webui.example_images import EXAMPLES_DIR
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
+]
+
+SHAPES = str(EXAMPLES_DIR / "shapes.png")
+QUESTION = "How many circles are in the image? Put the final count in \\boxed{}."
+# Keeps the tiny model inside its trace for thousands of tokens: something to watch and to stop.
+# The tiny model's engine runs far ahead of what it streams back, so 32 parallel samples (the UI
+# shows the first) keep it busy long enough for Stop to land mid-generation on a CPU.
+N_SAMPLES, MAX_TOKENS = 32, 6000  # n > 1 needs sampling: the default temperature
+ENDLESS_TRACE = json.dumps({"ignore_eos": True, "bad_words": ["</think>"], "n": N_SAMPLES})
+
+
+@pytest.fixture(scope="module")
+def ui(ovr_server):
+    """The web UI as `ovr-serve --ui` starts it, with the endpoint's API key in its environment."""
+    with running_webui(
+        ovr_server.base_url, ovr_server.model, free_port(), ovr_server.api_key
+    ) as url:
+        yield url
+
+
+@pytest.fixture
+def page(ui):
+    with chromium_page() as page:
+        page.goto(ui + "/")
+        page.wait_for_selector("#ovr-input textarea")
+        # The model list (and with it the context length) has loaded from /v1/models.
+        page.wait_for_function(
+            "document.querySelector('#ovr-max-tokens input[type=range]')?.max !== '32768'"
+        )
+        yield page
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def send(page, text: str, images=()) -> None:
+    if images:
+        page.set_input_files("#ovr-input input[type=file]", list(images))
+        page.wait_for_selector("#ovr-input img")  # the upload is in
+    page.fill("#ovr-input textarea", text)
+    page.press("#ovr-input textarea", "Enter")
+
+
+def wait_idle(page, timeout=120_000) -> None:
+    """Until the generation ends (the submit button is back)."""
+    page.wait_for_selector("#ovr-input .submit-button", timeout=timeout)
+
+
+def metric(ovr_server, name: str) -> float:
+    text = httpx.get(
+        ovr_server.root + "/metrics", headers={"Authorization": f"Bearer {ovr_server.api_key}"}
+    ).text
+    return sum(float(m) for m in re.findall(rf"^{name}{{[^}}]*}} ([0-9.e+]+)$", text, re.M))
+
+
+def test_image_question_shows_image_thinking_folds_and_answer(page, ovr_server):
+    page.wait_for_function(
+        "document.querySelector('#ovr-model input')?.value === 'ovr'", timeout=30_000
+    )  # the model list came from /v1/models (with the key, server side)
+    set_number(page, "ovr-temperature", 0)
+    send(page, QUESTION, [SHAPES])
+
+    user_img = page.locator("#ovr-chat .user-row img").first
+    user_img.wait_for(timeout=30_000)
+    assert user_img.evaluate("img => img.complete && img.naturalWidth") == 320
+    wait_idle(page)
+    screenshot(page, "webui-answer")
+
+    thought = page.locator("#ovr-chat .bot-row .thought-group").first
+    assert "Thinking" in thought.locator(".title").inner_text()
+    assert re.search(r"\d+\.\d s · [1-9]\d* tokens", thought.locator(".duration").inner_text())
+    # Folded once the answer started: the title is not expanded and its text is hidden.
+    assert "expanded" not in (thought.locator(".title").get_attribute("class") or "")
+    answer = page.locator("#ovr-chat .bot-row .message-content").last
+    assert answer.inner_text().strip()
+    if "boxed" in answer.inner_text() or answer.locator(".ovr-result").count():
+        assert answer.locator(".ovr-result .katex").count() == 1  # the result, typeset
+    # Unfolding shows the trace the model wrote.
+    thought.locator(".title").click()
+    assert thought.locator(".content").inner_text().strip()
+    screenshot(page, "webui-thinking-open")
+
+    # The API key never reaches the browser.
+    assert ovr_server.api_key not in page.content()
+    config = httpx.get(page.url.rstrip("/") + "/config").text
+    assert ovr_server.api_key not in config
+
+
+def test_stop_mid_trace_closes_the_upstream_stream(page, ovr_server):
+    set_number(page, "ovr-max-tokens", MAX_TOKENS)
+    page.fill("#ovr-extra textarea", ENDLESS_TRACE)
+    page.locator("#ovr-extra textarea").blur()
+    generated_before = metric(ovr_server, "vllm:generation_tokens_total")
+    send(page, "How many circles?")
+
+    thought = page.locator("#ovr-chat .bot-row .thought-group").first
+    try:
+        thought.wait_for(timeout=60_000)
+    finally:
+        screenshot(page, "webui-thinking-start")
+    counts = []
+    for _ in range(120):  # the panel is open and its token count grows while the trace streams
+        m = re.search(r"(\d+) tokens", thought.locator(".duration").inner_text())
+        counts.append(int(m.group(1)) if m else 0)
+        if counts[-1] >= 20 and counts[-1] > counts[0]:
+            break
+        time.sleep(0.25)
+    assert counts[-1] > counts[0] and "expanded" in thought.locator(".title").get_attribute("class")
+    assert thought.locator(".content").inner_text().strip()
+    screenshot(page, "webui-thinking-live")
+    assert metric(ovr_server, "vllm:num_requests_running") == N_SAMPLES  # still generating
+
+    page.click("#ovr-input .stop-button")
+    wait_idle(page, 30_000)
+    page.locator("#ovr-chat").get_by_text("Stopped").wait_for(timeout=10_000)
+    # The server stopped generating: no request running, the token counter stands still.
+    deadline = time.monotonic() + 10
+    while metric(ovr_server, "vllm:num_requests_running") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metric(ovr_server, "vllm:num_requests_running") == 0
+    generated = metric(ovr_server, "vllm:generation_tokens_total")
+    time.sleep(1.5)
+    assert metric(ovr_server, "vllm:generation_tokens_total") == generated
+    assert generated - generated_before < N_SAMPLES * MAX_TOKENS / 2  # aborted, not run out
+    shown = int(re.search(r"(\d+) tokens", thought.locator(".duration").inner_text()).group(1))
+    assert shown < 5000  # stopped well before max tokens
+    assert "expanded" not in (thought.locator(".title").get_attribute("class") or "")
+    screenshot(page, "webui-stopped")
+
+
+def test_truncated_trace_continues_in_one_click_and_exports(page, ovr_server, tmp_path):
+    set_number(page, "ovr-temperature", 0)
+    set_number(page, "ovr-max-tokens", 64)
+    page.fill("#ovr-extra textarea", '{"max_tokens": 4}')  # cut the trace short
+    page.locator("#ovr-extra textarea").blur()
+    send(page, "How many circles?", [SHAPES])
+    wait_idle(page)
+    page.locator("#ovr-chat").get_by_text("cut off by the token limit").wait_for()
+    cont = page.locator("#ovr-continue")
+    cont.wait_for(state="visible")
+    screenshot(page, "webui-truncated")
+
+    page.fill("#ovr-extra textarea", "")
+    page.locator("#ovr-extra textarea").blur()
+    set_number(page, "ovr-max-tokens", 300)
+    cont.click()
+    wait_idle(page)
+    page.wait_for_function(
+        "!document.querySelector('#ovr-chat').innerText.includes('cut off by the token limit')"
+    )
+    assert not cont.is_visible()
+
+    page.click("#ovr-export")
+    links = page.locator("#ovr-exported a")
+    links.first.wait_for(timeout=20_000)
+    files = {}
+    for i in range(links.count()):
+        with page.expect_download() as download:
+            links.nth(i).click()
+        d = download.value
+        files[Path(d.suggested_filename).suffix] = Path(d.path()).read_text()
+    exported = json.loads(files[".json"])
+    user, assistant = exported["messages"][0], exported["messages"][1]
+    assert user["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert assistant["role"] == "assistant" and assistant.get("reasoning")
+    assert "data:image/png;base64," in files[".md"] and "<details>" in files[".md"]
+
+    # Import it back into a fresh page: the same conversation shows, image included.
+    path = tmp_path / "chat.json"
+    path.write_text(files[".json"])
+    page.click("#ovr-clear")
+    page.set_input_files("#ovr-import input[type=file]", str(path))
+    page.locator("#ovr-chat .user-row img").first.wait_for(timeout=20_000)
+    assert page.locator("#ovr-chat .thought-group").count() == 1
+    screenshot(page, "webui-imported")
+
+
+def test_endpoint_down_shows_error_and_keeps_the_question(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    with (
+        running_webui(dead, "ovr", free_port(), log_name="webui-dead") as url,
+        chromium_page() as page,
+    ):
+        page.goto(url + "/")
+        page.wait_for_selector("#ovr-input textarea")
+        send(page, "Is anyone there?")
+        error = page.locator("#ovr-chat").get_by_text("Cannot reach the endpoint")
+        error.wait_for(timeout=60_000)
+        wait_idle(page)
+        assert page.input_value("#ovr-input textarea") == "Is anyone there?"
+        assert page.locator("#ovr-chat .user-row").get_by_text("Is anyone there?").count() == 1
+        screenshot(page, "webui-endpoint-down")

@@ -1,0 +1,118 @@
+"""Helpers for the web UI's browser tests: start the app as `ovr-serve --ui` does, drive Chromium.
+
+The browser is Debian's ``chromium`` (``apt-get install chromium``), driven by Playwright for
+Python; nothing is downloaded (``playwright install`` is never run).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM = os.environ.get("OVR_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextmanager
+def running_webui(
+    endpoint: str,
+    model: str,
+    port: int,
+    api_key: str | None = None,
+    args=(),
+    env: dict | None = None,
+    log_name: str = "webui",
+):
+    """``python -m webui.app`` in a child process (the way ``ovr-serve --ui`` starts it)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "webui.app",
+        "--endpoint",
+        endpoint,
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *args,
+    ]
+    child_env = {**os.environ, **(env or {})}
+    child_env.pop("OVR_API_KEY", None)
+    if api_key:
+        child_env["OVR_API_KEY"] = api_key
+    log_dir = ROOT / "artifacts" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = open(log_dir / f"{log_name}-{port}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT)
+    prefix = dict(zip(args[::2], args[1::2], strict=False)).get("--root-path", "")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_up(proc, url + "/", log_dir / f"{log_name}-{port}.log")
+        yield url + prefix if prefix and False else url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _wait_up(proc: subprocess.Popen, url: str, log_path: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"web UI exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
+            )
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"web UI did not answer at {url} in {timeout} s")
+
+
+@contextmanager
+def chromium_page(viewport=(1400, 1000)):
+    """A fresh page in headless Debian Chromium (closed afterwards)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(
+                viewport={"width": viewport[0], "height": viewport[1]}, accept_downloads=True
+            )
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def screenshot(page, name: str) -> Path:
+    """Save a full-page screenshot under artifacts/screenshots/ and return its path."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
