@@ -104,7 +104,7 @@ def _assistant_messages(turn: dict, streaming: bool) -> list[dict]:
         )
     answer = decorate_answer(turn["answer"]) if turn["answer"].strip() else ""
     if turn.get("stopped"):
-        answer += "\n\n*⏹ Stopped.*"
+        answer += "\n\n*Stopped.*"
     elif is_truncated(turn):
         answer += "*The trace hit the token limit before an answer: press **Continue** to go on.*"
     if answer.strip():
