@@ -63,11 +63,10 @@ def running_webui(
     log_dir.mkdir(parents=True, exist_ok=True)
     log = open(log_dir / f"{log_name}-{port}.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT)
-    prefix = dict(zip(args[::2], args[1::2], strict=False)).get("--root-path", "")
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_up(proc, url + "/", log_dir / f"{log_name}-{port}.log")
-        yield url + prefix if prefix and False else url
+        yield url
     finally:
         proc.terminate()
         try:
