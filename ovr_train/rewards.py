@@ -1,0 +1,286 @@
+"""Reward functions, and the answer grader that the RL rewards and ``ovr-eval`` share.
+
+Rewards are small pure functions ``(completions, **columns) -> list[float]`` registered by name in
+``REWARDS``; a recipe picks and weights them (``rewards: [accuracy, format]``). The accuracy reward
+and the eval scorer call the same grader (``grade_completion``), run in worker processes with a
+hard per-sample time limit:
+
+- math-verify's own timeouts use ``signal.alarm`` (main thread only), its ``TimeoutException``
+  derives from ``BaseException``, and adversarial output (``\\boxed{9^{9^{9^{9^{9}}}}}``) makes
+  sympy run for minutes or exhaust memory. So each sample goes to a worker process; a worker that
+  passes the deadline is SIGKILLed and replaced, and the sample is graded ``timeout`` (0.0).
+- Workers start from a fork server that preloaded math-verify, so a replacement costs milliseconds,
+  and they run with an address-space cap so a memory blow-up fails the sample, not the machine.
+
+Grading rule (``grade_completion``): only the answer after ``</think>`` counts; a trace never
+closed is ``truncated``; no ``\\boxed{}`` is ``no_answer``; every box in the answer must match the
+gold (a hedge such as ``\\boxed{3} or \\boxed{4}`` is ``wrong``); gold is wrapped in ``\\boxed{}``
+before parsing (``ovr_serve.format.wrap_gold``). With ``choices`` (multiple choice), the box may
+hold the letter ("B", "(B)", "B. 12") or the text of a choice; it is mapped to a letter and compared
+with the gold letter (the benchmark's own rule).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing as mp
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+
+from ovr_serve.format import answer_matches, boxed_contents, is_well_formed, split_reasoning
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("correct", "wrong", "no_answer", "truncated", "timeout", "error")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+REWARDS: dict[str, Callable[..., list[float]]] = {}
+
+
+def register(name: str):
+    """Add a reward function to ``REWARDS`` under ``name``."""
+
+    def add(func):
+        REWARDS[name] = func
+        return func
+
+    return add
+
+
+@register("accuracy")
+def accuracy(completions: list[str], answer: list[str], **columns) -> list[float]:
+    """1.0 when the answer's ``\\boxed{}`` matches the gold ``answer`` under math-verify (or, with a
+    ``choices`` column, names the gold option); 0.0 otherwise, including a trace never closed and
+    a sample whose check passed the hard time limit (counted in the log, never silently)."""
+    choices = columns.get("choices")
+    verdicts = default_grader().grade_many(completions, answer, choices)
+    return [v.score for v in verdicts]
+
+
+@register("format")
+def format_reward(completions: list[str], **_) -> list[float]:
+    """1.0 for ``<think>…</think>`` then an answer holding exactly one ``\\boxed{}``; else 0.0."""
+    return [float(is_well_formed(c)) for c in completions]
+
+
+# --- the grader --------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    """How one completion fared against its gold: ``status`` in ``STATUSES``, the extracted box."""
+
+    status: str
+    extracted: str | None = None
+    detail: str = ""
+
+    @property
+    def score(self) -> float:
+        return 1.0 if self.status == "correct" else 0.0
+
+    def as_dict(self) -> dict:
+        return {"status": self.status, "extracted": self.extracted, "detail": self.detail}
+
+
+def grade_completion(completion: str, gold: str, choices: Sequence[str] | None = None) -> Verdict:
+    """Grade one completion in this process, without a time limit (workers call this)."""
+    split = split_reasoning(completion)
+    if split.had_reasoning and not split.closed:
+        return Verdict("truncated")
+    boxes = boxed_contents(split.answer)
+    if not boxes:
+        return Verdict("no_answer")
+    extracted = boxes[-1]
+    if choices:
+        gold_letter = choice_letter(gold, choices)
+        ok = gold_letter is not None and all(
+            choice_letter(b, choices) == gold_letter for b in boxes
+        )
+    else:
+        ok = all(answer_matches(f"\\boxed{{{b}}}", gold) for b in boxes)
+    return Verdict("correct" if ok else "wrong", extracted)
+
+
+def choice_letter(text: str, choices: Sequence[str]) -> str | None:
+    """The option letter that ``text`` names: a letter ("B", "(B)", "B. 12") or a choice's text."""
+    text = text.strip()
+    letters = LETTERS[: len(choices)]
+    m = re.fullmatch(r"\(?([A-Z])\)?(?:\s*[.:)]\s*.*|\s+.*)?", text, flags=re.S)
+    if m and m.group(1) in letters:
+        return m.group(1)
+    m = re.fullmatch(r"\\text\{\s*\(?([A-Z])\)?\s*\}", text)
+    if m and m.group(1) in letters:
+        return m.group(1)
+    for letter, choice in zip(letters, choices, strict=False):
+        if text == str(choice).strip():
+            return letter
+    for letter, choice in zip(letters, choices, strict=False):
+        if answer_matches(f"\\boxed{{{text}}}", str(choice)):
+            return letter
+    return None
+
+
+def grade_serial(
+    completions: Sequence[str], golds: Sequence[str], choices: Sequence | None = None
+) -> list[Verdict]:
+    """Grade in this process, one after another, no time limit (for trusted input and benches)."""
+    choices = choices if choices is not None else [None] * len(completions)
+    return [grade_completion(c, g, o) for c, g, o in zip(completions, golds, choices, strict=True)]
+
+
+class Grader:
+    """A pool of grading worker processes with a hard per-sample time limit.
+
+    ``grade_many`` hands one sample at a time to each idle worker; a worker still busy at its
+    deadline is killed (SIGKILL) and replaced, and its sample is graded ``timeout``. Safe to call
+    from several threads (calls take turns).
+    """
+
+    def __init__(
+        self, workers: int | None = None, timeout: float = 5.0, memory_mb: int | None = 4096
+    ) -> None:
+        self.workers = workers or max(1, min(8, os.cpu_count() or 1))
+        self.timeout = timeout
+        self.memory_mb = memory_mb
+        self.timeouts = 0
+        self._ctx = _context()
+        self._pool: list[_Worker] = []
+        self._lock = threading.Lock()
+
+    def grade_many(
+        self,
+        completions: Sequence[str],
+        golds: Sequence[str],
+        choices: Sequence[Sequence[str] | None] | None = None,
+    ) -> list[Verdict]:
+        """Verdicts for ``completions`` against ``golds`` (and per-sample ``choices``), in order."""
+        if len(completions) != len(golds):
+            raise ValueError(f"{len(completions)} completions but {len(golds)} golds")
+        choices = list(choices) if choices is not None else [None] * len(completions)
+        tasks = list(enumerate(zip(completions, golds, choices, strict=True)))
+        results: list[Verdict | None] = [None] * len(tasks)
+        with self._lock:
+            self._fill()
+            pending = list(reversed(tasks))
+            busy: dict[_Worker, tuple[int, float]] = {}
+            while pending or busy:
+                for w in self._pool:
+                    if pending and w not in busy:
+                        index, (c, g, o) = pending.pop()
+                        w.conn.send((c, g, list(o) if o else None))
+                        busy[w] = (index, time.monotonic() + self.timeout)
+                deadline = min(d for _, d in busy.values())
+                ready = wait([w.conn for w in busy], timeout=max(0.0, deadline - time.monotonic()))
+                for w in list(busy):
+                    index, due = busy[w]
+                    if w.conn in ready:
+                        try:
+                            results[index] = Verdict(**w.conn.recv())
+                        except (EOFError, OSError):  # died (e.g. killed by the OS for memory)
+                            results[index] = Verdict("error", detail="grading worker died")
+                            self._replace(w)
+                        del busy[w]
+                    elif time.monotonic() >= due:
+                        results[index] = Verdict("timeout", detail=f"over {self.timeout:g}s")
+                        self.timeouts += 1
+                        log.warning(
+                            "grading sample %d passed %.1fs; worker killed", index, self.timeout
+                        )
+                        self._replace(w)
+                        del busy[w]
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop the workers."""
+        for w in self._pool:
+            w.stop()
+        self._pool = []
+
+    def _fill(self) -> None:
+        self._pool = [w for w in self._pool if w.process.is_alive()]
+        while len(self._pool) < self.workers:
+            self._pool.append(_Worker(self._ctx, self.memory_mb))
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self._pool[self._pool.index(worker)] = _Worker(self._ctx, self.memory_mb)
+
+    def __enter__(self) -> Grader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_DEFAULT: Grader | None = None
+
+
+def default_grader() -> Grader:
+    """The process-wide grader the rewards use (started on first use, stopped at exit).
+
+    ``OVR_GRADER_WORKERS`` and ``OVR_GRADER_TIMEOUT`` (seconds) override its size and limit.
+    """
+    global _DEFAULT
+    if _DEFAULT is None:
+        workers = int(os.environ.get("OVR_GRADER_WORKERS", "0")) or None
+        _DEFAULT = Grader(workers, float(os.environ.get("OVR_GRADER_TIMEOUT", "5")))
+        atexit.register(_DEFAULT.close)
+    return _DEFAULT
+
+
+class _Worker:
+    def __init__(self, ctx, memory_mb: int | None) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, memory_mb), daemon=True)
+        self.process.start()
+        child.close()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(2)
+        if self.process.is_alive():
+            self.process.kill()
+        self.conn.close()
+
+
+def _context():
+    # A fork server that has imported math-verify: workers start in milliseconds and do not
+    # inherit the trainer's threads or CUDA state (plain fork from a threaded process can deadlock).
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["math_verify", "sympy", "ovr_train.rewards"])
+    return ctx
+
+
+def _serve(conn, memory_mb: int | None) -> None:
+    if memory_mb:
+        import resource
+
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        try:
+            verdict = grade_completion(*task)
+        except BaseException as e:  # math-verify's TimeoutException is a BaseException
+            verdict = Verdict("error", detail=f"{type(e).__name__}: {e}"[:300])
+        conn.send(verdict.as_dict())
