@@ -11,10 +11,19 @@ import sys
 # subcommand -> "module:function"; the function takes the remaining argv and returns an exit code.
 COMMANDS = {
     "tiny-model": ("ovr_train.tiny_model:cli", "build the tiny Qwen2.5-VL test model (offline)"),
-    "sft": ("ovr_train.sft:cli", "cold-start SFT with TRL: ovr-train sft --config RECIPE [key=value ...]"),
+    "sft": (
+        "ovr_train.sft:cli",
+        "cold-start SFT with TRL: ovr-train sft --config RECIPE [key=value ...]",
+    ),
     "data": ("ovr_train.data:cli", "validate training data: ovr-train data check FILE ..."),
-    "rl": ("ovr_train.rl:cli", "multimodal RL (GRPO on TRL, vLLM rollouts): ovr-train rl --config RECIPE"),
-    "average": ("ovr_train.average:cli", "uniform average of checkpoints: ovr-train average OUT CKPT ..."),
+    "rl": (
+        "ovr_train.rl:cli",
+        "multimodal RL (GRPO on TRL, vLLM rollouts): ovr-train rl --config RECIPE",
+    ),
+    "average": (
+        "ovr_train.average:cli",
+        "uniform average of checkpoints: ovr-train average OUT CKPT ...",
+    ),
 }
 
 

@@ -9,11 +9,12 @@ hard per-sample time limit:
   derives from ``BaseException``, and adversarial output (``\\boxed{9^{9^{9^{9^{9}}}}}``) makes
   sympy run for minutes or exhaust memory. So each sample goes to a worker process; a worker that
   passes the deadline is SIGKILLed and replaced, and the sample is graded ``timeout`` (0.0).
-- Workers start from a fork server that preloaded math-verify, so a replacement costs milliseconds,
-  and they run with an address-space cap so a memory blow-up fails the sample, not the machine.
+- Workers are plain subprocesses (``python -m ovr_train.rewards``) speaking JSON lines, started once
+  and reused; they run with an address-space cap so a memory blow-up fails the sample, not the
+  machine.
 
 Grading rule (``grade_completion``): only the answer after ``</think>`` counts; a trace never
-closed is ``truncated``; no ``\\boxed{}`` is ``no_answer``; every box in the answer must match the
+closed (cut off, or stopped inside it) is ``unclosed``; no ``\\boxed{}`` is ``no_answer``; every box in the answer must match the
 gold (a hedge such as ``\\boxed{3} or \\boxed{4}`` is ``wrong``); gold is wrapped in ``\\boxed{}``
 before parsing (``ovr_serve.format.wrap_gold``). With ``choices`` (multiple choice), the box may
 hold the letter ("B", "(B)", "B. 12") or the text of a choice; it is mapped to a letter and compared
@@ -23,10 +24,12 @@ with the gold letter (the benchmark's own rule).
 from __future__ import annotations
 
 import atexit
+import json
 import logging
-import multiprocessing as mp
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +40,7 @@ from ovr_serve.format import answer_matches, boxed_contents, is_well_formed, spl
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("correct", "wrong", "no_answer", "truncated", "timeout", "error")
+STATUSES = ("correct", "wrong", "no_answer", "unclosed", "timeout", "error")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 REWARDS: dict[str, Callable[..., list[float]]] = {}
@@ -92,7 +95,7 @@ def grade_completion(completion: str, gold: str, choices: Sequence[str] | None =
     """Grade one completion in this process, without a time limit (workers call this)."""
     split = split_reasoning(completion)
     if split.had_reasoning and not split.closed:
-        return Verdict("truncated")
+        return Verdict("unclosed")
     boxes = boxed_contents(split.answer)
     if not boxes:
         return Verdict("no_answer")
@@ -149,7 +152,6 @@ class Grader:
         self.timeout = timeout
         self.memory_mb = memory_mb
         self.timeouts = 0
-        self._ctx = _context()
         self._pool: list[_Worker] = []
         self._lock = threading.Lock()
 
@@ -173,7 +175,7 @@ class Grader:
                 for w in self._pool:
                     if pending and w not in busy:
                         index, (c, g, o) = pending.pop()
-                        w.conn.send((c, g, list(o) if o else None))
+                        w.send((c, g, list(o) if o else None))
                         busy[w] = (index, time.monotonic() + self.timeout)
                 deadline = min(d for _, d in busy.values())
                 ready = wait([w.conn for w in busy], timeout=max(0.0, deadline - time.monotonic()))
@@ -181,8 +183,12 @@ class Grader:
                     index, due = busy[w]
                     if w.conn in ready:
                         try:
-                            results[index] = Verdict(**w.conn.recv())
-                        except (EOFError, OSError):  # died (e.g. killed by the OS for memory)
+                            results[index] = Verdict(**w.recv())
+                        except (
+                            EOFError,
+                            OSError,
+                            ValueError,
+                        ):  # died (e.g. killed by the OS for memory)
                             results[index] = Verdict("error", detail="grading worker died")
                             self._replace(w)
                         del busy[w]
@@ -203,13 +209,16 @@ class Grader:
         self._pool = []
 
     def _fill(self) -> None:
-        self._pool = [w for w in self._pool if w.process.is_alive()]
+        for w in self._pool:
+            if not w.alive():
+                w.kill()
+        self._pool = [w for w in self._pool if w.alive()]
         while len(self._pool) < self.workers:
-            self._pool.append(_Worker(self._ctx, self.memory_mb))
+            self._pool.append(_Worker(self.memory_mb))
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()
-        self._pool[self._pool.index(worker)] = _Worker(self._ctx, self.memory_mb)
+        self._pool[self._pool.index(worker)] = _Worker(self.memory_mb)
 
     def __enter__(self) -> Grader:
         return self
@@ -235,52 +244,78 @@ def default_grader() -> Grader:
 
 
 class _Worker:
-    def __init__(self, ctx, memory_mb: int | None) -> None:
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child, memory_mb), daemon=True)
-        self.process.start()
-        child.close()
+    """One grading process: JSON lines in on stdin, out on stdout (``python -m ovr_train.rewards``).
+
+    A plain subprocess rather than ``multiprocessing``: it never re-imports the caller's main
+    script, never inherits a trainer's threads or CUDA state, and starts in well under a second.
+    """
+
+    def __init__(self, memory_mb: int | None) -> None:
+        cmd = [sys.executable, "-m", "ovr_train.rewards", "--memory-mb", str(memory_mb or 0)]
+        self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.conn = self.process.stdout
+
+    def send(self, task) -> None:
+        self.process.stdin.write(json.dumps(task).encode() + b"\n")
+        self.process.stdin.flush()
+
+    def recv(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise EOFError("grading worker exited")
+        return json.loads(line)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def kill(self) -> None:
         self.process.kill()
-        self.process.join(5)
-        self.conn.close()
+        self.process.wait(5)
+        self._close()
 
     def stop(self) -> None:
         try:
-            self.conn.send(None)
-        except OSError:
-            pass
-        self.process.join(2)
-        if self.process.is_alive():
+            self.process.stdin.close()  # end of input: the worker returns
+            self.process.wait(2)
+        except (OSError, subprocess.TimeoutExpired):
             self.process.kill()
-        self.conn.close()
+            self.process.wait(5)
+        self._close()
+
+    def _close(self) -> None:
+        for f in (self.process.stdin, self.process.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
-def _context():
-    # A fork server that has imported math-verify: workers start in milliseconds and do not
-    # inherit the trainer's threads or CUDA state (plain fork from a threaded process can deadlock).
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["math_verify", "sympy", "ovr_train.rewards"])
-    return ctx
-
-
-def _serve(conn, memory_mb: int | None) -> None:
+def _serve(memory_mb: int) -> None:
+    """The worker loop: grade each task line, answer with a verdict line, until stdin ends."""
     if memory_mb:
         import resource
 
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # keep stdout for the protocol alone: anything a library prints goes to stderr
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    while True:
+    for line in sys.stdin:
         try:
-            task = conn.recv()
-        except EOFError:
-            return
-        if task is None:
-            return
-        try:
-            verdict = grade_completion(*task)
+            verdict = grade_completion(*json.loads(line))
         except BaseException as e:  # math-verify's TimeoutException is a BaseException
             verdict = Verdict("error", detail=f"{type(e).__name__}: {e}"[:300])
-        conn.send(verdict.as_dict())
+        out.write(json.dumps(verdict.as_dict()) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="grading worker (started by ovr_train.rewards.Grader)"
+    )
+    parser.add_argument("--memory-mb", type=int, default=0)
+    _serve(parser.parse_args().memory_mb)

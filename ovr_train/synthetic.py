@@ -95,7 +95,9 @@ def shape_counting_example(rng: random.Random, size: int = 56, max_count: int = 
     }
 
 
-def shape_counting_examples(n: int, seed: int = 0, size: int = 56, max_count: int = 3) -> list[dict]:
+def shape_counting_examples(
+    n: int, seed: int = 0, size: int = 56, max_count: int = 3
+) -> list[dict]:
     """``n`` shape-counting examples (image, question, gold), deterministic for a seed."""
     rng = random.Random(seed)
     return [shape_counting_example(rng, size, max_count) for _ in range(n)]

@@ -38,7 +38,7 @@ CASES = [
     (done("\\boxed{7} or maybe \\boxed{8}"), "7", None, "wrong"),
     (done("\\boxed{7}, that is \\boxed{7.0}"), "7", None, "correct"),
     ("<think>\nit is \\boxed{7}\n</think>\n\nSeven.", "7", None, "no_answer"),
-    ("<think>\nLet me think about 3 + 4 and", "7", None, "truncated"),
+    ("<think>\nLet me think about 3 + 4 and", "7", None, "unclosed"),
     (done("So \\boxed{7"), "7", None, "no_answer"),
     ("\\boxed{7}", "7", None, "correct"),  # no reasoning at all: the answer still counts
     # multiple choice: letter, letter with text, the option's text, a wrong letter

@@ -1,0 +1,224 @@
+"""``ovr-eval``: the paper's benchmarks and reasoning behaviours against any OpenAI-compatible endpoint.
+
+    ovr-eval run --endpoint http://localhost:8000/v1 --model ovr --bench math500,mathvista \\
+        --out runs/ovr-7b-rl [--data mathvista=./mathvista_testmini/] [--concurrency 32]
+    ovr-eval rescore runs/ovr-7b-rl
+    ovr-eval report runs/ovr-7b-rl runs/qwen2.5-vl-7b --out reports/
+    ovr-eval behaviours runs/ovr-7b-rl [--judge-endpoint URL --judge-model gpt-4o]
+    ovr-eval list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ovr_train.eval.benchmarks import BENCHMARKS, DatasetError
+from ovr_train.eval.run import EndpointError, RunConfig, Sampling
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the subcommand; errors print one line and exit non-zero."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except (EndpointError, DatasetError, FileNotFoundError) as e:
+        print(f"ovr-eval: error: {e}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ovr-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(required=True)
+
+    r = sub.add_parser(
+        "run", help="ask every question of the benchmarks and record the answers (resumes)"
+    )
+    r.add_argument(
+        "--endpoint",
+        required=True,
+        help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1",
+    )
+    r.add_argument("--model", required=True, help="served model name")
+    r.add_argument("--bench", required=True, help=f"comma-separated: {','.join(BENCHMARKS)}")
+    r.add_argument("--out", required=True, type=Path, help="run folder (run again to resume)")
+    r.add_argument(
+        "--api-key", default=os.environ.get("OPENAI_API_KEY"), help="default: $OPENAI_API_KEY"
+    )
+    r.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="BENCH=PATH",
+        help="local copy of a benchmark (file or folder, public format)",
+    )
+    r.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    r.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
+    r.add_argument("--label", default=None, help="name of this run in reports (default: the model)")
+    s = Sampling()
+    r.add_argument("--temperature", type=float, default=s.temperature)
+    r.add_argument("--top-p", type=float, default=s.top_p)
+    r.add_argument("--max-tokens", type=int, default=s.max_tokens)
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    rs = sub.add_parser(
+        "rescore", help="re-grade the recorded answers of runs, without asking again"
+    )
+    rs.add_argument("runs", nargs="+", type=Path)
+    rs.set_defaults(func=cmd_rescore)
+
+    rp = sub.add_parser(
+        "report", help="the paper's table with ours beside it: console, Markdown, CSV, PNG"
+    )
+    rp.add_argument("runs", nargs="+", type=Path)
+    rp.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for report.md/csv/png (default: the first run)",
+    )
+    rp.set_defaults(func=cmd_report)
+
+    b = sub.add_parser("behaviours", help="cognitive behaviour rates in a run's traces")
+    b.add_argument("run", type=Path)
+    b.add_argument(
+        "--judge-endpoint", default=None, help="LLM-judge mode: OpenAI-compatible base URL"
+    )
+    b.add_argument("--judge-model", default="gpt-4o")
+    b.add_argument("--judge-api-key", default=os.environ.get("OPENAI_API_KEY"))
+    b.add_argument("--examples", type=int, default=1, help="highlighted examples per behaviour")
+    b.set_defaults(func=cmd_behaviours)
+
+    ls = sub.add_parser(
+        "list", help="the registered benchmarks, their dataset ids and the paper's numbers"
+    )
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def cmd_run(args) -> int:
+    from ovr_train.eval.run import run_eval
+
+    data = {}
+    for spec in args.data:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise DatasetError(f"--data expects BENCH=PATH, got {spec!r}")
+        data[name] = path
+    cfg = RunConfig(
+        endpoint=args.endpoint,
+        model=args.model,
+        benches=[b.strip() for b in args.bench.split(",") if b.strip()],
+        out=args.out,
+        api_key=args.api_key,
+        data=data,
+        concurrency=args.concurrency,
+        limit=args.limit,
+        label=args.label,
+        sampling=Sampling(args.temperature, args.top_p, args.max_tokens, args.seed),
+        progress=not args.no_progress,
+    )
+    results = run_eval(cfg)
+    failed = 0
+    for res in results:
+        print(
+            f"{res.bench}: {res.correct}/{res.answered} correct ({100 * res.accuracy:.1f}%), asked {res.asked}, resumed past {res.skipped}, failed {res.failed}"
+        )
+        failed += res.failed
+    if failed:
+        print(
+            f"ovr-eval: {failed} questions failed; run the same command again to retry them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_rescore(args) -> int:
+    from ovr_train.eval.run import rescore
+
+    for run in args.runs:
+        if not run.is_dir():
+            raise FileNotFoundError(f"no run folder {run}")
+        for bench, (n, changed) in rescore(run).items():
+            print(f"{run}/{bench}: {n} answers re-graded, {changed} verdicts changed")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from ovr_train.eval.report import load_run, print_report, write_report
+
+    runs = [load_run(r) for r in args.runs]
+    print_report(runs)
+    paths = write_report(runs, args.out or args.runs[0])
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_behaviours(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ovr_serve.behaviours import BEHAVIOURS, TRANSFER_PAIRS
+    from ovr_train.eval.behaviours import behaviour_table, examples
+
+    if not args.run.is_dir():
+        raise FileNotFoundError(f"no run folder {args.run}")
+    judge = None
+    if args.judge_endpoint:
+        judge = {
+            "endpoint": args.judge_endpoint,
+            "model": args.judge_model,
+            "api_key": args.judge_api_key,
+        }
+    table = behaviour_table(args.run, judge)
+    console = Console()
+    t = Table(title=f"Emergence rate % ({'LLM judge ' + args.judge_model if judge else 'rules'})")
+    t.add_column("Behaviour")
+    for bench in table:
+        t.add_column(f"{bench} (n={table[bench]['n']})")
+    for name, b in BEHAVIOURS.items():
+        t.add_row(f"{name} ({b.kind})", *(f"{100 * table[x]['rates'][name]:.1f}" for x in table))
+    for visual, ling in TRANSFER_PAIRS.items():
+        t.add_row(
+            f"transfer {visual} / {ling}", *(_ratio(table[x]["transfer"][visual]) for x in table)
+        )
+    console.print(t)
+    for name, where, excerpt in examples(args.run, args.examples):
+        console.print(f"[bold]{name}[/] {where}: …{excerpt}…")
+    out = args.run / ("behaviours-judge.json" if judge else "behaviours.json")
+    out.write_text(
+        json.dumps(
+            {k: {kk: v for kk, v in d.items() if kk != "counts"} for k, d in table.items()},
+            indent=2,
+        )
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    for b in BENCHMARKS.values():
+        path, config, splits = b.hub
+        paper = ", ".join(f"{k} {v}" for k, v in b.paper.items() if v is not None)
+        print(
+            f"{b.name:11} {b.title:24} {path}{':' + config if config else ''} [{','.join(splits)[:40]}]  paper: {paper}"
+        )
+    return 0
+
+
+def _ratio(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""ovr-eval against the real ovr-serve endpoint on the tiny model, with local benchmark files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from ovr_train.eval.cli import main
+from ovr_train.eval.run import RunConfig, Sampling, read_records, rescore, run_eval
+from ovr_train.eval.samples import write_sample_benchmarks
+
+pytestmark = pytest.mark.slow
+
+# short answers: the tiny model closes its trace within a few dozen tokens
+SAMPLING = Sampling(temperature=0.0, top_p=1.0, max_tokens=96)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_sample_benchmarks(tmp_path_factory.mktemp("benchmarks"), n=4)
+
+
+def finished_requests(server) -> float:
+    """vLLM's count of finished requests (every finish reason), from the server's /metrics."""
+    text = _metrics(server)
+    return sum(
+        float(v)
+        for v in re.findall(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+    )
+
+
+def running_requests(server) -> float:
+    text = _metrics(server)
+    return sum(
+        float(v)
+        for v in re.findall(
+            r"^vllm:num_requests_(?:running|waiting)\{[^}]*\} ([0-9.e+]+)$", text, re.M
+        )
+    )
+
+
+def _metrics(server) -> str:
+    r = httpx.get(
+        server.root + "/metrics", headers={"Authorization": f"Bearer {server.api_key}"}, timeout=10
+    )
+    r.raise_for_status()
+    return r.text
+
+
+def test_full_run_records_every_question_then_rescore_and_report(ovr_server, data, tmp_path):
+    out = tmp_path / "run"
+    cfg = RunConfig(
+        ovr_server.base_url,
+        ovr_server.model,
+        list(data),
+        out,
+        ovr_server.api_key,
+        {k: str(v) for k, v in data.items()},
+        concurrency=4,
+        sampling=SAMPLING,
+        label="tiny",
+        progress=False,
+    )
+    before = finished_requests(ovr_server)
+    results = run_eval(cfg)
+    assert (
+        finished_requests(ovr_server) - before == 16
+    )  # 4 per benchmark (MathVerse: vision-only rows)
+    assert [(r.bench, r.answered, r.failed) for r in results] == [(b, 4, 0) for b in data]
+    for bench in data:
+        records = read_records(out / f"{bench}.jsonl")
+        assert len({r["id"] for r in records}) == 4
+        for r in records:
+            assert r["status"] in ("correct", "wrong", "no_answer", "unclosed")
+            assert r["completion_tokens"] > 0 and r["latency_s"] > 0
+    assert all(r["n_images"] == 1 for r in read_records(out / "mathvista.jsonl"))
+    assert json.loads((out / "run.json").read_text())["sampling"]["max_tokens"] == 96
+
+    # re-scoring: re-grade recorded answers without asking again
+    path = out / "math500.jsonl"
+    records = read_records(path)
+    records[0].update(
+        completion="<think>\nok\n</think>\n\n\\boxed{7}", gold="7", status="wrong", correct=False
+    )
+    records[1].update(status="correct", correct=True)  # a stale verdict, as after a grader fix
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    before = finished_requests(ovr_server)
+    changed = rescore(out)
+    assert finished_requests(ovr_server) == before, "re-scoring asks the endpoint nothing"
+    assert changed["math500"] == (4, 2) and changed["mathvista"] == (4, 0)
+    again = read_records(path)
+    assert again[0]["status"] == "correct" and again[0]["correct"] is True
+    assert again[1]["status"] != "correct"
+
+    # the report: the paper's numbers beside ours, Markdown/CSV/PNG
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "MathVista (testmini)" in md and "72.1" in md and "69.2" in md and "95.3" in md
+    assert "Truncated %" in md
+    csv_rows = (tmp_path / "report" / "report.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + 4
+    assert (tmp_path / "report" / "report.png").stat().st_size > 1000
+
+    assert main(["behaviours", str(out)]) == 0
+    rates = json.loads((out / "behaviours.json").read_text())
+    assert set(rates) == set(data) and "visual_reflection" in rates["mathvista"]["rates"]
+
+
+N_RESUME = 40  # the tiny model answers in ~0.1 s: enough questions to kill the run midway
+
+
+def test_resumed_run_after_a_kill_asks_no_question_twice(ovr_server, tmp_path):
+    data = write_sample_benchmarks(tmp_path / "benchmarks", n=N_RESUME)
+    out = tmp_path / "run"
+    args = [
+        "run",
+        "--endpoint",
+        ovr_server.base_url,
+        "--model",
+        ovr_server.model,
+        "--bench",
+        "math500",
+        "--data",
+        f"math500={data['math500']}",
+        "--out",
+        str(out),
+        "--concurrency",
+        "1",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "96",
+        "--no-progress",
+    ]
+    env = {**os.environ, "OPENAI_API_KEY": ovr_server.api_key}
+    proc = subprocess.Popen([sys.executable, "-m", "ovr_train.eval.cli", *args], env=env)
+    path = out / "math500.jsonl"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and (
+            not path.exists() or len(path.read_text().splitlines()) < 3
+        ):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    recorded = {r["id"] for r in read_records(path)}
+    assert 3 <= len(recorded) < N_RESUME
+
+    deadline = (
+        time.monotonic() + 60
+    )  # let the server finish or abort what the killed run had in flight
+    while running_requests(ovr_server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    before = finished_requests(ovr_server)
+    assert main(args + ["--api-key", ovr_server.api_key]) == 0
+    asked = finished_requests(ovr_server) - before
+    records = read_records(path)
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)) == N_RESUME, "every question recorded exactly once"
+    assert asked == N_RESUME - len(recorded), (
+        f"resume asked {asked} questions; {len(recorded)} were already answered"
+    )
+
+    before = finished_requests(ovr_server)
+    assert main(args + ["--api-key", ovr_server.api_key]) == 0  # a finished run asks nothing
+    assert finished_requests(ovr_server) == before
+
+
+def test_wrong_model_name_and_wrong_key_are_clear_errors(ovr_server, tmp_path, capsys):
+    base = [
+        "run",
+        "--endpoint",
+        ovr_server.base_url,
+        "--bench",
+        "math500",
+        "--out",
+        str(tmp_path / "r"),
+        "--data",
+        f"math500={write_sample_benchmarks(tmp_path / 'b', n=1)['math500']}",
+    ]
+    assert main(base + ["--model", "nope", "--api-key", ovr_server.api_key]) == 2
+    assert "does not serve 'nope'" in capsys.readouterr().err
+    assert main(base + ["--model", ovr_server.model, "--api-key", "wrong"]) == 2
+    assert "refused the API key" in capsys.readouterr().err
