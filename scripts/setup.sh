@@ -48,6 +48,10 @@ if [[ ! -f "$STAMP" ]]; then
   fi
   say "installing ovr[$EXTRAS] (vLLM is large: a few minutes the first time)"
   "$PY" -m pip install -q -e ".[$EXTRAS]"
+  # DeepSpeed (ZeRO-2/3 for multi-GPU training) is an sdist whose setup imports torch: build it against
+  # the installed torch (an isolated build would fetch a CUDA torch), JIT ops only.
+  say "installing deepspeed"
+  DS_BUILD_OPS=0 "$PY" -m pip install -q --no-build-isolation "deepspeed>=0.17"
   if [[ $DEVICE == cpu ]]; then
     # PyPI's torchaudio/torchcodec are CUDA builds; beside torch+cpu they break `import transformers`
     # (`Could not load this library: …_torchaudio.abi3.so`). Nothing in ovr needs them.
