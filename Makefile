@@ -1,4 +1,4 @@
-.PHONY: setup setup-test serve demo test test-fast test-slow bench lint format
+.PHONY: setup setup-test serve demo test test-fast test-slow bench bench-serve bench-webui bench-sft bench-rl bench-eval lint format
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,8 +29,23 @@ test-fast: setup-test
 test-slow: setup-test
 	$(BIN)/python -m pytest -m "slow and not gpu" $(ARGS)
 
-bench: setup
+# One script per capability; each prints its figures as ratios measured in one run.
+bench: bench-serve bench-webui bench-sft bench-rl bench-eval
+
+bench-serve: setup
 	$(BIN)/python bench/serve.py
+
+bench-webui: setup
+	$(BIN)/python bench/webui.py
+
+bench-sft: setup
+	$(BIN)/python bench/sft.py
+
+bench-rl: setup
+	$(BIN)/python bench/rl.py
+
+bench-eval: setup
+	$(BIN)/python bench/eval.py
 
 lint:
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -263,25 +263,9 @@ def reward_functions(names: list[str], truncated_reward: float | None, end_ids: 
 
 def reward_registry() -> dict:
     """``ovr_train.rewards.REWARDS`` (name -> pure function ``(completions, **columns) -> floats``)."""
-    try:
-        from ovr_train import rewards
-    except ImportError:  # INTERIM until ovr_train/rewards.py lands: same contract, no worker pool
-        return {"accuracy": _interim_accuracy, "format": _interim_format}
+    from ovr_train import rewards
+
     return rewards.REWARDS
-
-
-def _interim_accuracy(completions: list[str], answer: list[str], **_) -> list[float]:
-    """1.0 when the answer's last ``\\boxed{}`` matches the gold under math-verify (in process)."""
-    from ovr_serve.format import answer_matches
-
-    return [float(answer_matches(c, a)) for c, a in zip(completions, answer, strict=True)]
-
-
-def _interim_format(completions: list[str], **_) -> list[float]:
-    """1.0 for ``<think>…</think>`` then an answer with exactly one ``\\boxed{}``."""
-    from ovr_serve.format import is_well_formed
-
-    return [float(is_well_formed(c)) for c in completions]
 
 
 def _as_trl_reward(name: str, func, truncated_reward: float | None, end_ids: set[int]):
