@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -188,6 +189,16 @@ def child_env(cfg: ServeConfig, device: str, think_in_prompt: bool) -> dict[str,
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_gib)
         env["VLLM_TARGET_DEVICE"] = "cpu"
+    return env
+
+
+def process_env(
+    cfg: ServeConfig, device: str, think_in_prompt: bool, base: Mapping[str, str]
+) -> dict[str, str]:
+    """The server process's whole environment: ``base`` plus ``child_env``, minus ``VLLM_API_KEY``
+    (our guard checks the key on every route; vLLM's own check would guard only some of them)."""
+    env = {**base, **child_env(cfg, device, think_in_prompt)}
+    env.pop("VLLM_API_KEY", None)
     return env
 
 

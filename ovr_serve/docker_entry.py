@@ -8,7 +8,7 @@ Every `ServeConfig` field can be set as `OVR_<FIELD>` (OVR_MODEL, OVR_TENSOR_PAR
 empty means the field's default; list fields take space- or comma-separated values; OVR_VLLM_ARGS
 is shell-split and passed to vLLM as is). Arguments to the container are `ovr-serve` flags and win
 over the environment. The settings go through ovr-serve's own parser and `resolve()`, and the process
-exec'd is `vllm_command()` with `child_env()`: exactly what `ovr-serve --dry-run` prints for the
+exec'd is `vllm_command()` with `process_env()`: exactly what `ovr-serve --dry-run` prints for the
 same settings. Exec (not a child) so vLLM is the container's main process and gets its signals.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 
 from ovr_serve.cli import parse_args
-from ovr_serve.config import ServeConfig, child_env, render_dry_run, vllm_command
+from ovr_serve.config import ServeConfig, process_env, render_dry_run, vllm_command
 from ovr_serve.launch import LaunchError, resolve
 
 ENV_PREFIX = "OVR_"
@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     if dry_run:
         return 0
     cmd = vllm_command(cfg, device, think, max_len)
-    env = {**environ, **child_env(cfg, device, think)}
-    env.pop("VLLM_API_KEY", None)  # as start_server: our guard checks the key on every route
+    env = process_env(cfg, device, think, environ)
     os.execvpe(cmd[0], cmd, env)
     return 1  # not reached: execvpe replaces this process or raises
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from ovr_serve.config import ServeConfig, child_env, render_dry_run, vllm_command
+from ovr_serve.config import ServeConfig, process_env, render_dry_run, vllm_command
 from ovr_serve.format import THINK_OPEN
 
 OVR_MAX_MODEL_LEN = 49152  # the RL curriculum's last stage (paper §4.1): 48k
@@ -133,8 +133,7 @@ def start_server(
     device, think, max_len = resolved
     cmd = vllm_command(cfg, device, think, max_len)
     cmd[0] = sys.executable
-    env = {**os.environ, **child_env(cfg, device, think)}
-    env.pop("VLLM_API_KEY", None)  # our guard checks the key on every route; vLLM's would double it
+    env = process_env(cfg, device, think, os.environ)
     log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - lives as long as the server
     handle = ServerHandle(cfg, log_path=Path(log_path) if log_path else None)
     handle.processes.append(_spawn(cmd, env, log))
