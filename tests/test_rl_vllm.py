@@ -139,23 +139,37 @@ def test_after_a_sync_vllm_greedy_equals_transformers_greedy_of_the_trained_weig
         for p in model.parameters():
             p.add_(
                 torch.randn(p.shape, generator=gen)
-                * 0.05
+                * 0.3  # a format-trained tiny model is confident: small moves keep its greedy path
                 * p.detach().float().std().clamp(min=1e-3)
             )
-    trainer.vllm_generation.sync_weights()
-    after = vllm_greedy()
-    assert after != before, (
-        "the perturbation must change greedy outputs for the test to mean anything"
-    )
     model.eval()
     eos = set(model.generation_config.eos_token_id)
-    for inputs, vllm_ids in zip(prompts, after, strict=True):
+    trained, gaps = [], []  # transformers' greedy output of the perturbed ("trained") weights
+    for inputs in prompts:
         with torch.no_grad():
-            out = model.generate(**inputs, do_sample=False, max_new_tokens=24)
-        hf = out[0, inputs["input_ids"].shape[1] :].tolist()
-        hf = hf[: next((i + 1 for i, t in enumerate(hf) if t in eos), len(hf))]
-        assert vllm_ids == hf, processor.decode(inputs["input_ids"][0])
+            out = model.generate(
+                **inputs,
+                do_sample=False,
+                max_new_tokens=24,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+        hf = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+        end = next((i + 1 for i, t in enumerate(hf) if t in eos), len(hf))
+        trained.append(hf[:end])
+        # the smallest top-1/top-2 logit gap on the greedy path: vLLM's CPU kernels and
+        # transformers' differ by ~0.01-0.02 logits on these weights, so below 0.05 either engine
+        # may pick either token and equality means nothing either way (seen: gap 0.012, flipped)
+        top2 = [s[0].float().topk(2).values for s in out.scores[:end]]
+        gaps.append(min(float(v[0] - v[1]) for v in top2))
     model.train()
+    assert trained != before, "the perturbation must change greedy outputs to mean anything"
+    trainer.vllm_generation.sync_weights()
+    after = vllm_greedy()
+    decisive = [i for i, gap in enumerate(gaps) if gap > 0.05]
+    assert {0, 1} & set(decisive) and {2, 3} & set(decisive), f"near-ties everywhere: {gaps}"
+    for i in decisive:
+        assert after[i] == trained[i], (conversations[i], gaps[i])
 
 
 def test_prompt_check_refuses_a_mismatch():
