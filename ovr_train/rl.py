@@ -23,16 +23,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
+from trl import GRPOConfig, GRPOTrainer, ModelConfig
 
 from ovr_train.rl_sampling import DynamicSampling
 from ovr_train.training_common import (
     END_TOKENS,
     SafeCheckpoints,
     TrainingCurves,
-    default_report_to,
     freeze_vision,
     last_complete_checkpoint,
+    parse_recipe_args,
     resolve_config,
     save_resolved_config,
     save_servable,
@@ -428,18 +428,7 @@ def _is_series(name: str, panel: str) -> bool:
 
 def parse_args(argv: list[str]) -> tuple[RLScriptArguments, GRPOConfig, ModelConfig]:
     """``--config YAML`` plus ``key=value`` / ``--key value`` overrides, through TRL's parser."""
-    args = []
-    for token in argv:
-        if "=" in token and not token.startswith("-"):
-            key, value = token.split("=", 1)
-            args += [f"--{key}", value]
-        else:
-            args.append(token)
-    parser = TrlParser((RLScriptArguments, GRPOConfig, ModelConfig), prog="ovr-train rl")
-    script_args, training_args, model_args = parser.parse_args_and_config(args)
-    if training_args.report_to in ("auto", ["auto"]):
-        training_args.report_to = default_report_to()
-    return script_args, training_args, model_args
+    return parse_recipe_args((RLScriptArguments, GRPOConfig, ModelConfig), argv, "ovr-train rl")
 
 
 def cli(argv: list[str]) -> int:

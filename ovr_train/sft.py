@@ -20,15 +20,15 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
+from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from ovr_train.training_common import (
     SafeCheckpoints,
     TrainingCurves,
-    default_report_to,
     fix_packed_mrope_positions,
     freeze_vision,
     last_complete_checkpoint,
+    parse_recipe_args,
     resolve_config,
     save_resolved_config,
     save_servable,
@@ -221,17 +221,9 @@ def _render(resolved: dict) -> str:
 
 def parse_args(argv: list[str]) -> tuple[SFTScriptArguments, SFTConfig, ModelConfig]:
     """``--config YAML`` plus ``key=value`` / ``--key value`` overrides, through TRL's parser."""
-    args = []
-    for token in argv:
-        if "=" in token and not token.startswith("-"):
-            key, value = token.split("=", 1)
-            args += [f"--{key}", value]
-        else:
-            args.append(token)
-    parser = TrlParser((SFTScriptArguments, SFTConfig, ModelConfig), prog="ovr-train sft")
-    script_args, training_args, model_args = parser.parse_args_and_config(args)
-    if training_args.report_to in ("auto", ["auto"]):
-        training_args.report_to = default_report_to()
+    script_args, training_args, model_args = parse_recipe_args(
+        (SFTScriptArguments, SFTConfig, ModelConfig), argv, "ovr-train sft"
+    )
     if model_args.use_peft:
         raise SystemExit(
             "ovr-train sft: the cold start is a full fine-tune; use_peft is not supported"

@@ -215,6 +215,25 @@ def default_report_to() -> list[str]:
     return targets
 
 
+def parse_recipe_args(types: tuple, argv: list[str], prog: str) -> tuple:
+    """``--config YAML`` plus ``key=value`` / ``--key value`` overrides, parsed by TRL's parser into
+    the dataclasses ``types``; ``report_to: auto`` becomes ``default_report_to()``."""
+    from trl import TrlParser
+
+    args = []
+    for token in argv:
+        if "=" in token and not token.startswith("-"):
+            key, value = token.split("=", 1)
+            args += [f"--{key}", value]
+        else:
+            args.append(token)
+    parsed = TrlParser(types, prog=prog).parse_args_and_config(args)
+    for cfg in parsed:
+        if getattr(cfg, "report_to", None) in ("auto", ["auto"]):
+            cfg.report_to = default_report_to()
+    return tuple(parsed)
+
+
 def resolve_config(*configs) -> dict:
     """The run's whole configuration as one JSON-able dict (dataclass name -> fields)."""
     out = {}
