@@ -109,6 +109,7 @@ def _start_bare(cfg: ServeConfig, device: str, max_len: int) -> ServerHandle:
     }
     env.pop("VLLM_API_KEY", None)
     handle = ServerHandle(cfg)
+    (ROOT / "artifacts" / "bench").mkdir(parents=True, exist_ok=True)
     log = open(ROOT / "artifacts" / "bench" / "bare-vllm.log", "wb")  # noqa: SIM115
     handle.processes.append(
         subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
