@@ -2,7 +2,8 @@
 
     python bench/serve.py [--model DIR] [--requests-per-level 24] [--max-tokens 64]
 
-Both servers run at once and the load alternates between them (median of rounds). For
+Both servers run at once and the load alternates between them (median of rounds); the server
+not being measured is paused (SIGSTOP) so its idle polling does not slow the other. For
 concurrency 1, 4 and 16: requests/s, output tokens/s and time to first token (streaming, real
 openai client) through `ovr-serve` (guard middleware + OVR reasoning parser) and through bare
 `vllm serve` (vLLM's own server, none of ours) with the same engine flags. Prints a table with the
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +40,7 @@ def main() -> None:
     parser.add_argument("--requests-per-level", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument(
-        "--rounds", type=int, default=3, help="alternating rounds per level (median kept)"
+        "--rounds", type=int, default=5, help="alternating rounds per level (median kept)"
     )
     parser.add_argument("--out", default=str(ROOT / "artifacts" / "bench" / "serve.json"))
     args = parser.parse_args()
@@ -70,6 +72,7 @@ def main() -> None:
         for c in LEVELS:
             for _ in range(args.rounds):
                 for name, handle in servers.items():
+                    _only(servers, name)
                     n = max(args.requests_per_level, c)
                     rounds[name][c].append(
                         asyncio.run(
@@ -85,9 +88,22 @@ def main() -> None:
                     )
         results = {name: {c: _median(rs) for c, rs in per.items()} for name, per in rounds.items()}
     finally:
+        _only(servers, None)
         for handle in servers.values():
             handle.stop()
     _report(results, args, device)
+
+
+def _only(servers: dict, active: str | None) -> None:
+    """Pause (SIGSTOP) every server but ``active``; ``None`` resumes all. An idle vLLM server still
+    polls and takes CPU: on a 2-core machine the paused one would otherwise slow the measured one
+    (seen: req/s swinging 9 <-> 25 between rounds of the same server)."""
+    for name, handle in servers.items():
+        sig = signal.SIGCONT if active in (None, name) else signal.SIGSTOP
+        for proc in handle.processes:
+            if proc.poll() is None:
+                os.killpg(proc.pid, sig)
+    time.sleep(0.5)
 
 
 def _start_bare(cfg: ServeConfig, device: str, max_len: int) -> ServerHandle:
