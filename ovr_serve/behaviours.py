@@ -10,7 +10,12 @@ the visual behaviour's rate over its linguistic counterpart's (our definition of
 "visual transfer": how much of a linguistic habit reappears as a visual one).
 
 The rules are a fast proxy: cheap enough for every trace and every RL step; the LLM-judge mode of
-``ovr-eval behaviours --judge`` is the slower, closer-to-the-paper measurement.
+``ovr-eval behaviours --judge-endpoint`` is the slower, closer-to-the-paper measurement. They lean
+toward precision: a phrase that a problem statement or plain algebra also uses does not count
+("how long must she wait?", "hold on to the rope", "at first, I thought", "as shown in the figure",
+"the right side of the equation", "each row of the matrix", "this line of reasoning"); "wait"
+counts as an interjection ("Wait", "wait,", "wait a second"), never inside "await" or "waiting".
+``tests/test_behaviours.py`` holds the labelled examples each pattern must (not) match.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ BEHAVIOURS: dict[str, Behaviour] = {
             "linguistic",
             "abandons a line of reasoning that failed and tries another",
             (
-                r"\bwait\b",
-                r"\bhold on\b",
+                # "wait" as an interjection only, not the verb of a problem ("how long must she wait?")
+                r"(?-i:\bWait\b)",
+                r"\bwait(?:,|!|\.\.\.|\s*—|\s+a\s+(?:second|moment|minute)\b)",
+                r"\bhold on(?:,|!|\.\.\.|\s*—|\s+a\s+(?:second|moment|minute)\b)",
                 r"\bon second thought\b",
                 r"\bthat(?:'s| is) (?:not right|wrong|incorrect)\b",
                 r"\bthat (?:doesn't|does not|can't|cannot) be right\b",
@@ -60,7 +67,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
                 r"\bverif(?:y|ying|ied|ication)\b",
                 r"\bsanity check\b",
                 r"\b(?:plug(?:ging)?|substitut(?:e|ing)) (?:it |this |that |\w+ )?back\b",
-                r"\bchecks out\b",
+                r"\b(?:that|this|it|which|everything|all|answer|result) checks out\b",
                 r"\bto confirm\b",
             ),
         ),
@@ -70,7 +77,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
             "breaks the problem into intermediate goals",
             (
                 r"\bstep \d+\b",
-                r"\bfirst(?:ly)?, (?:we|i|let(?:'s| me))\b",
+                r"(?<!\bat )\bfirst(?:ly)?, (?:we|i|let(?:'s| me))\b",  # not "at first, I thought"
                 r"\bnext, (?:we|i|let(?:'s| me))\b",
                 r"\b(?:then|finally), (?:we|i) (?:need|can|have|will)\b",
                 r"\bbreak (?:this|it|the problem) (?:down|into)\b",
@@ -108,7 +115,8 @@ BEHAVIOURS: dict[str, Behaviour] = {
             "checks a result against what the image shows",
             (
                 rf"\b(?:confirm|verify|check|cross-?check)(?:s|ed|ing)? (?:this |it |that )?(?:with|against|in|using|from) the {_IMG}\b",
-                rf"\b(?:matches|consistent with|agrees with|as shown in) the {_IMG}\b",
+                # not "as shown in the figure": problem statements open with it
+                rf"\b(?:matches|consistent with|agrees with) (?:what is shown in )?the {_IMG}\b",
                 rf"\bthe {_IMG} (?:confirms|agrees|is consistent)\b",
             ),
         ),
@@ -117,10 +125,13 @@ BEHAVIOURS: dict[str, Behaviour] = {
             "visual",
             "splits the image into parts and handles each",
             (
-                r"\b(?:left|right|top|bottom|upper|lower)(?:-| )?(?:half|part|side|portion|corner|region|panel)\b",
-                r"\beach (?:bar|region|part|section|shape|row|column|segment|quadrant|panel|subplot|piece)\b",
+                # not "the right side of the equation", "the upper half-plane", "the left-hand side"
+                r"\b(?:left|right|top|bottom|upper|lower)(?:-| )?(?:half|part|side|portion|corner|region|panel)\b"
+                r"(?!-?plane| of (?:the |this |that |each |both )?(?:equation|inequality|expression|identity|equals|formula))",
+                r"\beach (?:bar|region|shape|segment|quadrant|panel|subplot|piece|sector|slice)\b",
                 rf"\b(?:divide|split|break|partition|decompose) the (?:{_IMG}|shape|region|figure) into\b",
-                r"\b(?:one|region|part|shape) (?:by|at a time)\b",
+                r"\b(region|part|shape|piece|section|panel) by \1\b",
+                r"\bone (?:region|part|shape|piece|section|panel) at a time\b",
             ),
         ),
         Behaviour(
@@ -128,10 +139,12 @@ BEHAVIOURS: dict[str, Behaviour] = {
             "visual",
             "follows lines, paths or marks in the image toward what the question asks",
             (
-                r"\b(?:trac|follow)(?:e|es|ed|ing)? (?:the|this|that|each) (?:line|curve|path|edge|arrow|graph|boundary|route)\b",
+                r"\b(?:trac|follow)(?:e|es|ed|ing)? (?:the|this|that|each) (?:line|curve|path|edge|arrow|graph|boundary|route)\b"
+                r"(?! of (?:reasoning|thought|argument|logic))",
                 rf"\b(?:look|looking|search|searching|scan|scanning) for (?:the|a|an) [\w-]+(?: [\w-]+)? (?:in|on) the {_IMG}\b",
                 rf"\blocat(?:e|ing) (?:the|a|an) [\w-]+(?: [\w-]+)? (?:in|on) the {_IMG}\b",
-                r"\bfind(?:ing)? the point where\b",
+                # on a drawn graph only: "find the point where f(x) = 0" alone is plain algebra
+                rf"\bfind(?:ing)? the (?:point|place|spot) where [^.\n]{{0,60}}?\b(?:in|on) the {_IMG}\b",
             ),
         ),
     ]
@@ -183,21 +196,35 @@ def count_behaviours(text: str) -> dict[str, int]:
     return counts
 
 
-def emergence_rates(traces: Iterable[str] | Iterable[dict[str, int]]) -> dict[str, float]:
-    """Share of traces (texts, or count dicts) that show each behaviour at least once."""
-    n, hits = 0, dict.fromkeys(BEHAVIOURS, 0)
+def emergence_rates(
+    traces: Iterable[str] | Iterable[dict[str, int | None]],
+) -> dict[str, float | None]:
+    """Share of traces (texts, or count dicts) that show each behaviour at least once.
+
+    A count of ``None`` (an LLM judge whose answer could not be read) leaves that trace out of
+    that behaviour's rate; a behaviour with no readable count at all has rate ``None``.
+    """
+    seen, hits = dict.fromkeys(BEHAVIOURS, 0), dict.fromkeys(BEHAVIOURS, 0)
     for trace in traces:
         counts = count_behaviours(trace) if isinstance(trace, str) else trace
-        n += 1
         for name in hits:
-            hits[name] += counts.get(name, 0) > 0
-    return {name: (h / n if n else 0.0) for name, h in hits.items()}
+            count = counts.get(name, 0)
+            if count is None:
+                continue
+            seen[name] += 1
+            hits[name] += count > 0
+    return {name: (hits[name] / seen[name] if seen[name] else None) for name in hits}
 
 
-def transfer_ratios(rates: dict[str, float]) -> dict[str, float | None]:
-    """Visual rate over its linguistic counterpart's, per pair (None when the latter is zero)."""
+def transfer_ratios(rates: dict[str, float | None]) -> dict[str, float | None]:
+    """Visual rate over its linguistic counterpart's, per pair (None when either is unknown or
+    the linguistic rate is zero)."""
     return {
-        visual: (rates[visual] / rates[ling] if rates.get(ling) else None)
+        visual: (
+            rates[visual] / rates[ling]
+            if rates.get(ling) and rates.get(visual) is not None
+            else None
+        )
         for visual, ling in TRANSFER_PAIRS.items()
     }
 
