@@ -192,3 +192,29 @@ def test_wrong_model_name_and_wrong_key_are_clear_errors(ovr_server, tmp_path, c
     assert "does not serve 'nope'" in capsys.readouterr().err
     assert main(base + ["--model", ovr_server.model, "--api-key", "wrong"]) == 2
     assert "refused the API key" in capsys.readouterr().err
+
+
+def test_llm_judge_mode_reports_unreadable_judgments_instead_of_zero(ovr_server, tmp_path, capsys):
+    # the tiny model is no judge: it answers without <count>N</count>, which must be reported,
+    # left out of the rates (never read as "behaviour absent") and must not crash the run
+    run = tmp_path / "run"
+    run.mkdir()
+    traces = ["Wait, 2 + 2 = 5? No. Let me verify: 4.", "Let me look at the image again: 3 dots."]
+    records = [
+        {"id": str(i), "prompt": "How many?", "n_images": i, "reasoning": t, "completion": t}
+        for i, t in enumerate(traces)
+    ]
+    (run / "mathvista.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["behaviours", str(run), "--judge-endpoint", ovr_server.base_url]
+    args += ["--judge-model", ovr_server.model, "--judge-api-key", ovr_server.api_key]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    table = json.loads((run / "behaviours-judge.json").read_text())["mathvista"]
+    assert table["n"] == 2 and table["failed"] == 0
+    assert 0 < table["unparseable"] <= 2 * 8
+    assert "unparseable judgments" in out.out
+    assert (
+        f"mathvista: {table['unparseable']} of 16 judge answers had no <count>N</count>" in out.err
+    )
+    if table["unparseable"] == 16:
+        assert all(v is None for v in table["rates"].values())

@@ -181,17 +181,22 @@ def cmd_behaviours(args) -> int:
             "api_key": args.judge_api_key,
         }
     table = behaviour_table(args.run, judge)
+    if not table:
+        raise FileNotFoundError(f"no recorded traces in {args.run}")
     console = Console()
     t = Table(title=f"Emergence rate % ({'LLM judge ' + args.judge_model if judge else 'rules'})")
     t.add_column("Behaviour")
     for bench in table:
         t.add_column(f"{bench} (n={table[bench]['n']})")
     for name, b in BEHAVIOURS.items():
-        t.add_row(f"{name} ({b.kind})", *(f"{100 * table[x]['rates'][name]:.1f}" for x in table))
+        t.add_row(f"{name} ({b.kind})", *(_pct(table[x]["rates"][name]) for x in table))
     for visual, ling in TRANSFER_PAIRS.items():
         t.add_row(
             f"transfer {visual} / {ling}", *(_ratio(table[x]["transfer"][visual]) for x in table)
         )
+    if judge:
+        t.add_row("unparseable judgments", *(str(table[x]["unparseable"]) for x in table))
+        t.add_row("failed judge requests", *(str(table[x]["failed"]) for x in table))
     console.print(t)
     for name, where, excerpt in examples(args.run, args.examples):
         console.print(f"[bold]{name}[/] {where}: …{excerpt}…")
@@ -203,7 +208,23 @@ def cmd_behaviours(args) -> int:
         )
     )
     print(f"wrote {out}")
-    return 0
+    failed = 0
+    for bench, d in table.items():
+        asked = d["n"] * len(BEHAVIOURS)
+        if d["unparseable"]:
+            print(
+                f"ovr-eval: warning: {bench}: {d['unparseable']} of {asked} judge answers had no "
+                "<count>N</count>; the rates are over the readable ones",
+                file=sys.stderr,
+            )
+        if d["failed"]:
+            print(
+                f"ovr-eval: warning: {bench}: {d['failed']} of {asked} judge requests failed "
+                "(see the log line above); the rates are over the others",
+                file=sys.stderr,
+            )
+        failed += d["failed"]
+    return 1 if failed else 0
 
 
 def cmd_list(args) -> int:
@@ -214,6 +235,10 @@ def cmd_list(args) -> int:
             f"{b.name:11} {b.title:24} {path}{':' + config if config else ''} [{','.join(splits)[:40]}]  paper: {paper}"
         )
     return 0
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
 
 
 def _ratio(v: float | None) -> str:
