@@ -5,23 +5,16 @@ paper's numbers, and a ``to_item`` function that turns one dataset row into an `
 images, gold, options). The grading rule is shared with the RL reward (``ovr_train.rewards``):
 math-verify on the ``\\boxed{}`` answer, or, when an item has ``choices``, the option letter.
 
-Every benchmark loads from a local file or folder in the public dataset's own format (``.jsonl``,
-``.json`` or ``.parquet`` with the same columns; images as paths relative to the file, data URLs,
-``{"bytes": …}`` dicts or decoded images), or from the hub when no local copy is given.
+Loading (local files in each dataset's public format, or the hub) is ``ovr_train.eval.loading``.
 """
 
 from __future__ import annotations
 
 import ast
-import base64
 import hashlib
-import io
-import json
-import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -384,154 +377,3 @@ def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
         raise DatasetError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
     return BENCHMARKS[name]
-
-
-def load_items(
-    bench: Benchmark, source: str | Path | None = None, limit: int | None = None
-) -> list[Item]:
-    """The benchmark's items from ``source`` (local file/folder) or, without one, from the hub."""
-    items = []
-    for split, index, row, root in _rows(bench, source):
-        missing = [k for k in bench.required if k not in row]
-        if missing:
-            where = f"{source} row {index}" if source else f"{bench.hub[0]} row {index}"
-            raise DatasetError(
-                f"{bench.name}: {where} lacks {missing}; a {bench.title} row needs {list(bench.required)}"
-            )
-        item = bench.to_item(row, index, split)
-        if item is None:
-            continue
-        item.images = [image_data_url(img, root) for img in item.images]
-        items.append(item)
-        if limit and len(items) >= limit:
-            break
-    ids = [it.id for it in items]
-    if len(set(ids)) != len(ids):
-        raise DatasetError(f"{bench.name}: duplicate question ids in {source or bench.hub[0]}")
-    return items
-
-
-def _rows(bench: Benchmark, source) -> Iterator[tuple[str, int, dict, Path | None]]:
-    if source is not None:
-        path = Path(source)
-        if not path.exists():
-            raise DatasetError(f"{bench.name}: no such file or folder: {path}")
-        files = [path] if path.is_file() else _data_files(path)
-        if not files:
-            raise DatasetError(f"{bench.name}: no .jsonl/.json/.parquet file in {path}")
-        for file in files:
-            split = file.stem
-            for index, row in enumerate(_read_file(file)):
-                yield split, index, row, file.parent
-        return
-    hub_path, config, splits = bench.hub
-    if not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():
-        raise DatasetError(
-            f"{bench.name}: the hub is unreachable, so {hub_path} cannot be downloaded; pass a local "
-            f"copy (--data {bench.name}=PATH) or set HF_HUB_OFFLINE=1 to use a cached one"
-        )
-    try:
-        import datasets
-
-        for split in splits:
-            ds = datasets.load_dataset(hub_path, config, split=split)
-            for index, row in enumerate(ds):
-                yield split, index, row, None
-    except DatasetError:
-        raise
-    except Exception as e:  # offline, gated, renamed: say what to do instead
-        raise DatasetError(
-            f"{bench.name}: could not load {hub_path} ({config or 'default'}) from the hub: "
-            f"{type(e).__name__}: {str(e)[:200]}. Pass a local copy: --data {bench.name}=PATH"
-        ) from e
-
-
-def hub_reachable(timeout: float = 5.0) -> bool:
-    """True when the Hugging Face hub answers (checked once, before any download is tried)."""
-    import httpx
-
-    url = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    try:
-        httpx.head(url, timeout=timeout)
-    except httpx.HTTPError:
-        return False
-    return True
-
-
-def _data_files(folder: Path) -> list[Path]:
-    for pattern in (
-        "*.jsonl",
-        "*.json",
-        "*.parquet",
-        "data/*.jsonl",
-        "data/*.json",
-        "data/*.parquet",
-    ):
-        found = sorted(folder.glob(pattern))
-        if found:
-            return found
-    return []
-
-
-def _read_file(file: Path) -> Iterator[dict]:
-    if file.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            yield from pq.read_table(file).to_pylist()
-        except Exception as e:
-            raise DatasetError(f"{file}: not a readable parquet file: {e}") from e
-        return
-    text = file.read_text(encoding="utf-8")
-    if file.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{file}: not valid JSON: {e}") from e
-        rows = data if isinstance(data, list) else list(data.values())
-        for row in rows:
-            if not isinstance(row, dict):
-                raise DatasetError(
-                    f"{file}: expected a list of objects, found {type(row).__name__}"
-                )
-            yield row
-        return
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{file}:{n}: not a JSON object: {e.msg}") from e
-        if not isinstance(row, dict):
-            raise DatasetError(f"{file}:{n}: expected a JSON object, found {type(row).__name__}")
-        yield row
-
-
-def image_data_url(image, root: Path | None) -> str:
-    """An image (PIL, bytes dict, path relative to ``root``, data URL) as a PNG/JPEG data URL."""
-    if isinstance(image, str) and image.startswith("data:"):
-        return image
-    if isinstance(image, dict):
-        if image.get("bytes"):
-            return _bytes_url(image["bytes"])
-        image = image.get("path")
-    if isinstance(image, (bytes, bytearray)):
-        return _bytes_url(bytes(image))
-    if isinstance(image, str):
-        path = Path(image)
-        if not path.is_absolute() and root is not None:
-            path = root / path
-        if not path.exists():
-            raise DatasetError(f"image not found: {path}")
-        return _bytes_url(path.read_bytes())
-    if hasattr(image, "save"):  # PIL
-        buf = io.BytesIO()
-        image.convert("RGB").save(buf, format="PNG")
-        return _bytes_url(buf.getvalue())
-    raise DatasetError(f"cannot read an image from {type(image).__name__}")
-
-
-def _bytes_url(data: bytes) -> str:
-    kind = "jpeg" if data[:3] == b"\xff\xd8\xff" else "png"
-    return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"

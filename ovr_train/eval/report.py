@@ -87,7 +87,7 @@ def score_records(bench: str, records: list[dict]) -> Score:
         high,
         statistics.fmean(lengths),
         statistics.median(lengths),
-        lengths[min(len(lengths) - 1, int(0.9 * len(lengths)))],
+        lengths[math.ceil(0.9 * len(lengths)) - 1],  # nearest-rank p90
         lengths[-1],
         sum(bool(r.get("truncated")) for r in records) / len(records),
         sum(r.get("status") == "no_answer" for r in records) / len(records),

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ovr_serve.format import THINK_CLOSE, THINK_OPEN
-from ovr_train.eval.benchmarks import Item, get_benchmark, load_items
+from ovr_train.eval.benchmarks import Item, get_benchmark
+from ovr_train.eval.loading import load_items
 from ovr_train.rewards import Grader
 
 log = logging.getLogger(__name__)
