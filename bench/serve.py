@@ -210,14 +210,39 @@ def _report(results: dict, args, device: str) -> None:
             f"{o['output_tokens_per_s']:>9.0f} {b['output_tokens_per_s']:>7.0f} {row['ratio_output_tokens_per_s']:>6.2f} | "
             f"{o['ttft_median_ms']:>11.1f} {b['ttft_median_ms']:>7.1f} {row['ratio_ttft']:>6.2f}"
         )
+    parser_us = _parser_cost_us()
+    server_us = 1e6 / bare[1]["output_tokens_per_s"]
+    print(
+        f"\nOVR reasoning parser alone: {parser_us:.1f} µs per streamed token "
+        f"({100 * parser_us / server_us:.2f}% of bare vLLM's {server_us:.0f} µs per token at c=1)"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
         json.dumps(
-            {"model": args.model, "device": device, "max_tokens": args.max_tokens, "levels": rows},
+            {
+                "model": args.model,
+                "device": device,
+                "max_tokens": args.max_tokens,
+                "levels": rows,
+                "parser_us_per_token": parser_us,
+            },
             indent=2,
         )
     )
     print(f"\nwritten {args.out}")
+
+
+def _parser_cost_us(tokens: int = 20000) -> float:
+    """In-process cost of ``ReasoningStream`` (what the parser plugin runs) per streamed token."""
+    from ovr_serve.format import ReasoningStream
+
+    pieces = ["<th", "ink>"] + ["step "] * tokens + ["</th", "ink>", "\n\nSo \\boxed{4}."]
+    stream = ReasoningStream()
+    start = time.perf_counter()
+    for piece in pieces:
+        stream.feed(piece)
+    stream.finish()
+    return 1e6 * (time.perf_counter() - start) / len(pieces)
 
 
 if __name__ == "__main__":
