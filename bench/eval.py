@@ -1,0 +1,209 @@
+"""ovr-eval throughput: questions/s by concurrency against a real ovr-serve, and scoring answers/s.
+
+    python bench/eval.py [--model DIR] [--questions 64] [--max-tokens 96] [--completions 2000]
+
+1. Questions/s: ``run_eval`` (the code behind ``ovr-eval run``: load, ask, grade, record) on the
+   sample MATH500 and MathVista files (text and image questions, ``--questions`` of each), at
+   concurrency 1, 8 and 32, each into a fresh run folder, against ovr-serve on the tiny test
+   model; the speed-up is over concurrency 1.
+2. Scoring answers/s: the same grading rule serially in process (``grade_serial``) and through
+   the pooled ``Grader`` (worker processes with a hard per-sample limit, what ``ovr-eval`` and
+   the RL reward use) on realistic completions: numbers, fractions, LaTeX, multiple choice, wrong
+   answers, no box, cut-off traces.
+
+Prints a table and writes artifacts/bench/eval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ovr_serve.config import ServeConfig  # noqa: E402
+from ovr_serve.format import format_completion  # noqa: E402
+from ovr_serve.launch import start_server  # noqa: E402
+from ovr_train.eval.run import RunConfig, Sampling, run_eval  # noqa: E402
+from ovr_train.eval.samples import write_sample_benchmarks  # noqa: E402
+from ovr_train.rewards import Grader, grade_serial  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+
+LEVELS = (1, 8, 32)
+BENCHES = ("math500", "mathvista")
+
+
+def main() -> None:
+    """Measure both, print the table, save the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="checkpoint dir (default: the tiny test model)")
+    parser.add_argument("--questions", type=int, default=64, help="per benchmark")
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--completions", type=int, default=2000, help="for scoring throughput")
+    parser.add_argument("--out", default=str(ROOT / "artifacts" / "bench" / "eval.json"))
+    args = parser.parse_args()
+    if not args.model:
+        from ovr_train.tiny_model import cached_tiny_model
+
+        args.model = str(cached_tiny_model(ROOT / ".cache"))
+
+    asking = questions_per_second(args.model, args.questions, args.max_tokens)
+    scoring = scoring_throughput(args.completions)
+
+    base = asking[LEVELS[0]]["questions_per_s"]
+    print(f"\nquestions/s: ovr-eval run against ovr-serve on {args.model}")
+    print(f"{'concurrency':>11} | {'questions':>9} {'wall s':>7} {'q/s':>7} {'speed-up':>8} | acc")
+    for c, r in asking.items():
+        r["speedup"] = r["questions_per_s"] / base
+        print(
+            f"{c:>11} | {r['questions']:>9} {r['wall_s']:>7.1f} {r['questions_per_s']:>7.2f} "
+            f"{r['speedup']:>7.2f}x | {r['accuracy']:.1%}"
+        )
+    print(f"\nscoring: {scoring['completions']} completions, {scoring['workers']} workers")
+    print(f"  grade_serial (in process): {scoring['serial_per_s']:8.1f} answers/s")
+    print(f"  pooled Grader (warm)     : {scoring['pooled_per_s']:8.1f} answers/s")
+    print(f"  ratio pooled / serial    : {scoring['ratio']:8.2f}x")
+    print(f"  pool start-up            : {scoring['pool_start_s']:8.2f} s")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {"model": args.model, "asking": asking, "scoring": scoring, "cpus": os.cpu_count()},
+            indent=2,
+        )
+    )
+    print(f"\nwritten {out}")
+
+
+def questions_per_second(model: str, n: int, max_tokens: int) -> dict[int, dict]:
+    """``run_eval`` wall time per concurrency level, each into a fresh run folder."""
+    os.environ["OVR_BENCH_KEY"] = "bench-key"
+    cfg = ServeConfig(model=model, port=free_port(), api_key_env="OVR_BENCH_KEY", cpu_kvcache_gib=1)
+    print("starting ovr-serve…", flush=True)
+    log = ROOT / "artifacts" / "bench" / "eval-serve.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handle = start_server(cfg, log_path=log)
+    model_name = handle.cfg.served_model_name
+    # temperature 0: every level asks the same questions and gets the same answers
+    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=max_tokens)
+    results = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp, Grader() as grader:
+            data = write_sample_benchmarks(Path(tmp) / "benchmarks", n=n)
+            data = {b: str(data[b]) for b in BENCHES}
+
+            def run(out: str, concurrency: int, limit: int | None = None):
+                rc = RunConfig(
+                    handle.base_url,
+                    model_name,
+                    list(BENCHES),
+                    Path(tmp) / out,
+                    "bench-key",
+                    data,
+                    concurrency=concurrency,
+                    limit=limit,
+                    sampling=sampling,
+                    progress=False,
+                )
+                start = time.perf_counter()
+                res = run_eval(rc, grader)
+                return res, time.perf_counter() - start
+
+            run("warm-up", 4, limit=4)
+            for c in LEVELS:
+                res, wall = run(f"c{c}", c)
+                asked = sum(r.asked for r in res)
+                assert sum(r.failed for r in res) == 0, res
+                results[c] = {
+                    "questions": asked,
+                    "wall_s": wall,
+                    "questions_per_s": asked / wall,
+                    "accuracy": sum(r.correct for r in res) / asked,
+                }
+                print(f"  concurrency {c}: {asked / wall:.2f} questions/s", flush=True)
+    finally:
+        handle.stop()
+    return results
+
+
+def scoring_throughput(n: int) -> dict:
+    """answers/s of ``grade_serial`` and of a warm pooled ``Grader`` on the same completions."""
+    completions, golds, choices = realistic_completions(n)
+    start = time.perf_counter()
+    serial = grade_serial(completions, golds, choices)
+    serial_s = time.perf_counter() - start
+    start = time.perf_counter()
+    grader = Grader()
+    grader.grade_many(completions[:1], golds[:1], choices[:1])  # starts the workers
+    pool_start = time.perf_counter() - start
+    try:
+        start = time.perf_counter()
+        pooled = grader.grade_many(completions, golds, choices)
+        pooled_s = time.perf_counter() - start
+    finally:
+        grader.close()
+    same = sum(a.status == b.status for a, b in zip(serial, pooled, strict=True))
+    assert same == n, f"pooled and serial verdicts differ on {n - same} of {n}"
+    statuses = {}
+    for v in serial:
+        statuses[v.status] = statuses.get(v.status, 0) + 1
+    return {
+        "completions": n,
+        "workers": grader.workers,
+        "serial_per_s": n / serial_s,
+        "pooled_per_s": n / pooled_s,
+        "ratio": serial_s / pooled_s,
+        "pool_start_s": pool_start,
+        "statuses": statuses,
+    }
+
+
+def realistic_completions(n: int, seed: int = 0) -> tuple[list[str], list[str], list]:
+    """Completions as a reasoning model writes them, with golds (and options for MC), mixed kinds."""
+    rng = random.Random(seed)
+    filler = (
+        "Let me look at the figure. There are {a} shapes in the top row and {b} in the bottom "
+        "row. Wait, let me count again to be sure. Step 1: count each row. Step 2: add them. "
+    )
+    completions, golds, choices = [], [], []
+    for i in range(n):
+        a, b = rng.randint(1, 60), rng.randint(2, 12)
+        trace = filler.format(a=a, b=b) * rng.randint(1, 6)
+        kind = i % 8
+        options = None
+        if kind == 0:  # integer, right
+            gold, answer = str(a + b), f"The total is \\boxed{{{a + b}}}."
+        elif kind == 1:  # integer, wrong
+            gold, answer = str(a + b), f"The total is \\boxed{{{a + b + 1}}}."
+        elif kind == 2:  # fraction gold, equivalent LaTeX answer
+            gold, answer = f"{a}/{b}", f"So the ratio is \\boxed{{\\frac{{{2 * a}}}{{{2 * b}}}}}."
+        elif kind == 3:  # expression
+            gold, answer = f"{a}\\sqrt{{{b}}}", f"Hence \\boxed{{{a}\\sqrt{{{b}}}}}."
+        elif kind == 4:  # multiple choice by letter
+            options = [str(a + k) for k in range(4)]
+            gold, answer = "C", "The answer is \\boxed{C}."
+        elif kind == 5:  # multiple choice by the option's text
+            options = [str(a + k) for k in range(4)]
+            gold, answer = "B", f"The answer is \\boxed{{{a + 1}}}."
+        elif kind == 6:  # no box
+            gold, answer = str(a), f"The answer is {a}."
+        else:  # cut off inside the trace
+            completions.append(f"<think>\n{trace}")
+            golds.append(str(a))
+            choices.append(None)
+            continue
+        completions.append(format_completion(trace, answer))
+        golds.append(gold)
+        choices.append(options)
+    return completions, golds, choices
+
+
+if __name__ == "__main__":
+    main()
