@@ -131,9 +131,11 @@ def cmd_run(args) -> int:
     failed = 0
     for res in results:
         print(
-            f"{res.bench}: {res.correct}/{res.answered} correct ({100 * res.accuracy:.1f}%), asked {res.asked}, resumed past {res.skipped}, failed {res.failed}"
+            f"{res.bench}: {res.correct}/{res.answered} correct ({100 * res.accuracy:.1f}%); "
+            f"{res.asked} asked now, {res.skipped} already recorded, {res.failed} failed"
         )
         failed += res.failed
+    print(f"answers in {args.out}/; next: ovr-eval report {args.out}")
     if failed:
         print(
             f"ovr-eval: {failed} questions failed; run the same command again to retry them",
@@ -212,9 +214,14 @@ def cmd_behaviours(args) -> int:
     for bench, d in table.items():
         asked = d["n"] * len(BEHAVIOURS)
         if d["unparseable"]:
+            rest = (
+                "no rates: does the judge model follow the prompt?"
+                if d["unparseable"] == asked
+                else "the rates are over the readable ones"
+            )
             print(
                 f"ovr-eval: warning: {bench}: {d['unparseable']} of {asked} judge answers had no "
-                "<count>N</count>; the rates are over the readable ones",
+                f"<count>N</count>; {rest}",
                 file=sys.stderr,
             )
         if d["failed"]:

@@ -163,6 +163,7 @@ async def _run_all(
 
 async def _run_bench(cfg, sampling, bench: str, items: list[Item], client, grader) -> BenchResult:
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     path = cfg.out / f"{bench}.jsonl"
     done = read_records(path)
@@ -179,7 +180,8 @@ async def _run_bench(cfg, sampling, bench: str, items: list[Item], client, grade
         dynamic_ncols=True,
     )
     gate = asyncio.Semaphore(cfg.concurrency)
-    with path.open("a", encoding="utf-8") as out:
+    # warnings (a failed request) print above the bar instead of breaking it
+    with path.open("a", encoding="utf-8") as out, logging_redirect_tqdm():
 
         async def one(item: Item) -> None:
             nonlocal correct, answered, failed
@@ -205,7 +207,9 @@ async def _run_bench(cfg, sampling, bench: str, items: list[Item], client, grade
             correct += record["correct"]
             answered += 1
             bar.update(1)
-            bar.set_postfix(acc=f"{correct / answered:.1%}", failed=failed)
+            bar.set_postfix_str(
+                f"acc {correct / answered:.1%}" + (f", {failed} failed" if failed else "")
+            )
 
         await asyncio.gather(*(one(it) for it in todo))
     bar.close()
