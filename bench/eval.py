@@ -1,11 +1,12 @@
 """ovr-eval throughput: questions/s by concurrency against a real ovr-serve, and scoring answers/s.
 
-    python bench/eval.py [--model DIR] [--questions 64] [--max-tokens 96] [--completions 2000]
+    python bench/eval.py [--model DIR] [--questions 64] [--max-tokens 96] [--rounds 3]
+        [--completions 2000]
 
 1. Questions/s: ``run_eval`` (the code behind ``ovr-eval run``: load, ask, grade, record) on the
    sample MATH500 and MathVista files (text and image questions, ``--questions`` of each), at
-   concurrency 1, 8 and 32, each into a fresh run folder, against ovr-serve on the tiny test
-   model; the speed-up is over concurrency 1.
+   concurrency 1, 8 and 32 (median of 3 rounds), each run into a fresh folder, against ovr-serve
+   on the tiny test model; the speed-up is over concurrency 1.
 2. Scoring answers/s: the same grading rule serially in process (``grade_serial``) and through
    the pooled ``Grader`` (worker processes with a hard per-sample limit, what ``ovr-eval`` and
    the RL reward use) on realistic completions: numbers, fractions, LaTeX, multiple choice, wrong
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--model", help="checkpoint dir (default: the tiny test model)")
     parser.add_argument("--questions", type=int, default=64, help="per benchmark")
     parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--rounds", type=int, default=3, help="per level (median kept)")
     parser.add_argument("--completions", type=int, default=2000, help="for scoring throughput")
     parser.add_argument("--out", default=str(ROOT / "artifacts" / "bench" / "eval.json"))
     args = parser.parse_args()
@@ -54,7 +57,7 @@ def main() -> None:
 
         args.model = str(cached_tiny_model(ROOT / ".cache"))
 
-    asking = questions_per_second(args.model, args.questions, args.max_tokens)
+    asking = questions_per_second(args.model, args.questions, args.max_tokens, args.rounds)
     scoring = scoring_throughput(args.completions)
 
     base = asking[LEVELS[0]]["questions_per_s"]
@@ -82,8 +85,9 @@ def main() -> None:
     print(f"\nwritten {out}")
 
 
-def questions_per_second(model: str, n: int, max_tokens: int) -> dict[int, dict]:
-    """``run_eval`` wall time per concurrency level, each into a fresh run folder."""
+def questions_per_second(model: str, n: int, max_tokens: int, rounds: int) -> dict[int, dict]:
+    """``run_eval`` wall time per concurrency level (median of ``rounds``), each run into a
+    fresh folder."""
     os.environ["OVR_BENCH_KEY"] = "bench-key"
     cfg = ServeConfig(model=model, port=free_port(), api_key_env="OVR_BENCH_KEY", cpu_kvcache_gib=1)
     print("starting ovr-serve…", flush=True)
@@ -117,17 +121,24 @@ def questions_per_second(model: str, n: int, max_tokens: int) -> dict[int, dict]
                 return res, time.perf_counter() - start
 
             run("warm-up", 4, limit=4)
+            # levels interleaved round by round, median kept: background load on a shared
+            # machine then hits every level alike instead of whichever ran last
+            walls: dict[int, list[float]] = {c: [] for c in LEVELS}
+            for k in range(rounds):
+                for c in LEVELS:
+                    res, wall = run(f"r{k}-c{c}", c)
+                    assert sum(r.failed for r in res) == 0, res
+                    walls[c].append(wall)
             for c in LEVELS:
-                res, wall = run(f"c{c}", c)
                 asked = sum(r.asked for r in res)
-                assert sum(r.failed for r in res) == 0, res
+                wall = statistics.median(walls[c])
                 results[c] = {
                     "questions": asked,
                     "wall_s": wall,
+                    "walls_s": walls[c],
                     "questions_per_s": asked / wall,
                     "accuracy": sum(r.correct for r in res) / asked,
                 }
-                print(f"  concurrency {c}: {asked / wall:.2f} questions/s", flush=True)
     finally:
         handle.stop()
     return results
