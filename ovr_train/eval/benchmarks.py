@@ -251,7 +251,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             _paper(63.5),
             ("problem", "answer"),
             "text",
-            note="paper reports a mean over samples; one sample here unless --samples",
+            note="the paper may average several samples per question; one sample per question here",
         ),
         Benchmark(
             "aime25",
