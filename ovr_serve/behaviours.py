@@ -64,6 +64,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
             (
                 r"\blet me (?:double-?check|verify|check)\b",
                 r"\bdouble-?check(?:ing)?\b",
+                r"\bre-?check(?:s|ed|ing)?\b",
                 r"\bverif(?:y|ying|ied|ication)\b",
                 r"\bsanity check\b",
                 r"\b(?:plug(?:ging)?|substitut(?:e|ing)) (?:it |this |that |\w+ )?back\b",

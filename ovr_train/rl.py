@@ -10,7 +10,7 @@ Settings come from the YAML file, then ``key=value`` overrides; the names are th
 `RLScriptArguments` below, TRL's `GRPOConfig` and `ModelConfig`. Data rows are image(s) + question +
 gold answer; rewards are registry functions (`ovr_train.rewards`) picked and weighted by the recipe.
 What we add to TRL, each at a narrow point: the colocated-vLLM fixes (`ovr_train.vllm_colocate`),
-dynamic sampling (`ovr_train.rl_sampling`), reflection-word counts and RL curves in the logs, safe
+dynamic sampling (`ovr_train.rl_sampling`), behaviour-phrase counts (the rules of `ovr-eval behaviours`) and RL curves in the logs, safe
 checkpoints and resume (`ovr_train.training_common`). The output directory is servable as is:
 ``ovr-serve --model OUTPUT_DIR``.
 """
@@ -18,13 +18,13 @@ checkpoints and resume (`ovr_train.training_common`). The output directory is se
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import GRPOConfig, GRPOTrainer, ModelConfig
 
+from ovr_serve.behaviours import BEHAVIOURS, count_behaviours
 from ovr_train.rl_sampling import DynamicSampling
 from ovr_train.training_common import (
     END_TOKENS,
@@ -47,16 +47,6 @@ VISION_TOKENS = (
     "<|video_pad|>",
 )
 TINY_COLDSTARTED = "tiny-coldstarted"  # the test model that already learned the OVR format
-
-# Cheap live proxy for the cognitive behaviours the paper tracks (reflection, re-checking, looking
-# again at the image): counted per completion, lower-cased, logged as reflection/<word> means.
-REFLECTION_PATTERNS = {
-    "wait": r"\bwait\b",
-    "recheck": r"\bre-?check",
-    "verify": r"\bverif(?:y|ied|ication)\b",
-    "look_again": r"look(?:ing)? at the image again|re-?examine the image",
-    "however": r"\bhowever\b",
-}
 
 
 @dataclass
@@ -244,12 +234,14 @@ class OVRRLTrainer(SafeCheckpoints, DynamicSampling, GRPOTrainer):
 
 
 def reflection_counts(texts: list[str]) -> dict[str, float]:
-    """Mean occurrences per completion of each reflection pattern (case-insensitive)."""
-    n = max(len(texts), 1)
-    return {
-        name: sum(len(re.findall(pattern, t.lower())) for t in texts) / n
-        for name, pattern in REFLECTION_PATTERNS.items()
-    }
+    """Mean matches per completion of each cognitive behaviour's phrases ("wait", "let me
+    re-check", "look at the image again", …): a cheap live proxy for what ``ovr-eval behaviours``
+    measures, from the same rules (``ovr_serve.behaviours``)."""
+    totals = dict.fromkeys(BEHAVIOURS, 0)
+    for text in texts:
+        for name, n in count_behaviours(text).items():
+            totals[name] += n
+    return {name: total / max(len(texts), 1) for name, total in totals.items()}
 
 
 def reward_functions(names: list[str], truncated_reward: float | None, end_ids: set[int]) -> list:
@@ -381,7 +373,7 @@ class RLCurves(TrainingCurves):
         ("completions/clipped_ratio", "truncation ratio"),
         ("dynamic_sampling/filtered_fraction", "filtered fraction (all-equal groups)"),
         ("entropy", "entropy"),
-        ("reflection", "reflection words per response"),
+        ("reflection", "behaviour phrases per response (ovr_serve.behaviours)"),
         ("loss", "loss"),
         ("learning_rate", "learning rate"),
     ]

@@ -104,7 +104,8 @@ def test_tiny_rl_logs_the_rl_dynamics_and_plots_them(tiny_rl_run):
         "completions/clipped_ratio",
         "dynamic_sampling/filtered_fraction",
         "entropy",
-        "reflection/wait",
+        "reflection/backtracking",
+        "reflection/visual_reflection",
     ):
         assert key in last, key
     assert (tiny_rl_run / "rl_curves.png").stat().st_size > 10_000
@@ -184,10 +185,9 @@ def test_rollout_batches_of_different_widths_concatenate_and_select_rows():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("Wait, let me re-check. Wait.", {"wait": 2, "recheck": 1}),
-        ("Let me look at the image again to verify.", {"look_again": 1, "verify": 1}),
-        ("However, I recheck it.", {"however": 1, "recheck": 1}),
-        ("The await keyword", {"wait": 0}),
+        ("Wait, let me re-check. Wait.", {"backtracking": 2, "verification": 1}),
+        ("Let me look at the image again to verify.", {"visual_reflection": 1, "verification": 1}),
+        ("The await keyword", {"backtracking": 0}),
     ],
 )
 def test_reflection_words_are_counted_per_response(text, expected):
