@@ -19,6 +19,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trainer(tiny_model_path, tmp_path_factory):
+    # TRL's colocated vLLM sets RANK/WORLD_SIZE/MASTER_PORT=29500… in os.environ and keeps a
+    # TCPStore on that port: restore the environment afterwards, or every later subprocess that
+    # starts a Trainer inherits them and fails with EADDRINUSE (seen in test_sft's resume test).
+    saved = dict(os.environ)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from transformers import AutoProcessor
     from trl import GRPOConfig
@@ -58,6 +62,8 @@ def trainer(tiny_model_path, tmp_path_factory):
     )
     yield trainer
     del trainer
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _image_prompt(trainer, index=0):
