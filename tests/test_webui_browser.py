@@ -229,3 +229,30 @@ def test_endpoint_down_shows_error_and_keeps_the_question(tmp_path):
         assert page.input_value("#ovr-input textarea") == "Is anyone there?"
         assert page.locator("#ovr-chat .user-row").get_by_text("Is anyone there?").count() == 1
         screenshot(page, "webui-endpoint-down")
+
+
+def test_imported_trace_shows_behaviour_tags(page, tmp_path):
+    trace = "Add 3 and 4. Wait, that is wrong. Let me look at the image again: 3 + 4 = 7."
+    chat = {
+        "messages": [
+            {"role": "user", "content": "What is 3 + 4?"},
+            {"role": "assistant", "reasoning": trace, "content": "So $\\boxed{7}$."},
+        ]
+    }
+    path = tmp_path / "tagged.json"
+    path.write_text(json.dumps(chat))
+    with page.expect_file_chooser() as chooser:
+        page.click("#ovr-import")
+    chooser.value.set_files(str(path))
+    thought = page.locator("#ovr-chat .bot-row .thought-group").first
+    thought.wait_for(timeout=20_000)
+    assert "backtracking ×2" in thought.locator(".duration").inner_text()
+    marks = page.locator("#ovr-chat mark.ovr-behaviour")
+    if not marks.first.is_visible():
+        thought.locator(".title").click()  # unfold the trace
+    marks.first.wait_for(timeout=10_000)
+    page.wait_for_timeout(500)  # the unfolding animation
+    screenshot(page, "webui-behaviour-tags")
+    tags = {marks.nth(i).get_attribute("title") for i in range(marks.count())}
+    assert tags == {"backtracking", "visual_reflection"}
+    assert marks.first.evaluate("m => getComputedStyle(m).backgroundColor") != "rgba(0, 0, 0, 0)"

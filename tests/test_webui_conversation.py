@@ -136,3 +136,21 @@ def test_settings_read_key_and_login_from_environment(monkeypatch, tmp_path):
     bad.write_text("nocolon\n")
     with pytest.raises(SystemExit):
         read_auth(str(bad))
+
+
+def test_finished_trace_tags_behaviours_and_counts_them_live_trace_does_not():
+    trace = "Add 3 and 4. Wait, that is wrong. Let me double-check: 3 + 4 = 7."
+    turn = conv.assistant_turn(trace, "$\\boxed{7}$", "stop", 1.0, 20)
+    thought = conv.to_chatbot([conv.user_turn("3+4?"), turn])[1]
+    assert '<mark class="ovr-behaviour" title="backtracking">Wait,</mark>' in thought["content"]
+    assert 'title="verification">Let me double-check</mark>' in thought["content"]
+    assert "backtracking ×2" in thought["metadata"]["log"]  # "Wait" and "that is wrong"
+    assert "verification ×1" in thought["metadata"]["log"]
+    live = conv.assistant_turn(trace, "", None, 1.0, 20)
+    streaming = conv.to_chatbot([conv.user_turn("3+4?"), live], live=True)[1]
+    assert streaming["content"] == trace  # not while it streams: the text would jump about
+    plain = conv.assistant_turn("3 + 4 = 7.", "$\\boxed{7}$", "stop", 1.0, 9)
+    assert conv.to_chatbot([conv.user_turn("3+4?"), plain])[1]["metadata"]["log"] == (
+        "1.0 s · 9 tokens"
+    )
+    assert conv.export_json([conv.user_turn("3+4?"), turn]).count("<mark") == 0  # display only

@@ -38,6 +38,7 @@ CSS = """
 #ovr-chat .message-content img, #ovr-chat img.ovr-media { max-height: 280px; width: auto; }
 .ovr-result { display: inline-block; margin-top: .4em; padding: .35em .8em; border-radius: 8px;
   border: 2px solid #16a34a; background: rgba(22, 163, 74, .10); font-weight: 600; }
+mark.ovr-behaviour { background: rgba(250, 204, 21, .35); border-radius: 3px; padding: 0 2px; }
 """
 
 

@@ -21,6 +21,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from ovr_serve.behaviours import find_behaviours, highlight
 from ovr_serve.format import extract_boxed, format_completion, split_reasoning
 
 THINKING_TITLE = "Thinking"
@@ -91,10 +92,14 @@ def _assistant_messages(turn: dict, streaming: bool) -> list[dict]:
     thinking = streaming and not turn["answer"] and not turn["finish_reason"]
     if turn["reasoning"] or thinking:
         stats = [f"{turn['seconds'] or 0:.1f} s", f"{turn['tokens']} tokens"]
+        content = turn["reasoning"]
+        if not thinking:  # a finished trace: tag the cognitive behaviours the paper tracks
+            content, found = tag_behaviours(content)
+            stats += found
         messages.append(
             {
                 "role": "assistant",
-                "content": turn["reasoning"],
+                "content": content,
                 "metadata": {
                     "title": TRUNCATED_TITLE if is_truncated(turn) else THINKING_TITLE,
                     "log": " · ".join(stats),
@@ -110,6 +115,21 @@ def _assistant_messages(turn: dict, streaming: bool) -> list[dict]:
     if answer.strip():
         messages.append({"role": "assistant", "content": answer.strip()})
     return messages
+
+
+def tag_behaviours(trace: str) -> tuple[str, list[str]]:
+    """The trace with each behaviour phrase marked (``<mark class="ovr-behaviour" title=…>``), and
+    "name ×count" per behaviour found; the rules are ``ovr-eval behaviours``' (one detector)."""
+    spans = find_behaviours(trace)
+    if not spans:
+        return trace, []
+    counts: dict[str, int] = {}
+    for span in spans:
+        counts[span.behaviour] = counts.get(span.behaviour, 0) + 1
+    marked = highlight(
+        trace, spans, '<mark class="ovr-behaviour" title="{behaviour}">{text}</mark>'
+    )
+    return marked, [f"{name.replace('_', ' ')} ×{n}" for name, n in counts.items()]
 
 
 def decorate_answer(answer: str) -> str:
