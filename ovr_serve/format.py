@@ -28,6 +28,7 @@ __all__ = [
     "ReasoningStream",
     "split_reasoning",
     "boxed_contents",
+    "boxed_spans",
     "extract_boxed",
     "is_well_formed",
     "format_completion",
@@ -164,6 +165,12 @@ def _partial_suffix(text: str, tag: str) -> int:
 
 def boxed_contents(text: str) -> list[str]:
     """Every ``\\boxed{…}`` content in ``text``, in order, braces balanced; unclosed ones skipped."""
+    return [text[open_ + 1 : end - 1].strip() for _, open_, end in boxed_spans(text)]
+
+
+def boxed_spans(text: str) -> list[tuple[int, int, int]]:
+    """``(start, brace, end)`` of every whole ``\\boxed{…}``: ``text[start:end]`` is the box,
+    ``text[brace]`` its opening brace. Scanning stops at an unclosed box (output cut off inside it)."""
     found = []
     start = 0
     while True:
@@ -187,7 +194,7 @@ def boxed_contents(text: str) -> list[str]:
             k += 1
         if depth:
             return found  # unclosed: the output was cut off inside the box
-        found.append(text[j + 1 : k].strip())
+        found.append((i, j, k + 1))
         start = k + 1
 
 
