@@ -144,3 +144,23 @@ def test_throttle_batches_a_fast_stream_to_the_interval():
     assert 24 <= throttle.sent <= 27
     naive = UpdateThrottle(0.0, clock=lambda: now[0])
     assert all(naive.due() for _ in range(100))
+
+
+def with_tokens(c: dict, *tokens: str) -> dict:
+    c["choices"][0]["logprobs"] = {"content": [{"token": t, "logprob": -0.1} for t in tokens]}
+    return c
+
+
+@pytest.mark.parametrize("server_splits", [False, True])
+def test_continuation_gets_back_the_leading_space_the_server_stripped(server_splits):
+    # The server read " circles" as the start of an answer and stripped its space.
+    part = (lambda t: chunk(reasoning=t)) if server_splits else chunk
+    chunks = [with_tokens(part("circles"), " circles"), with_tokens(part(" here"), " here")]
+    turn = replay(chunks + [chunk(finish="stop")], prior_reasoning="I count three")
+    assert turn.reasoning.startswith("I count three circles here")
+    mid_word = [with_tokens(chunk("cles"), "cles")]  # a word cut in two needs no space
+    assert replay(mid_word, prior_reasoning="I count three cir").reasoning == (
+        "I count three circles"
+    )
+    no_logprobs = replay([chunk("circles")], prior_reasoning="three ")
+    assert no_logprobs.reasoning == "three circles"  # nothing to restore, nothing doubled

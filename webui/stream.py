@@ -30,6 +30,7 @@ class DeltaFields:
     reasoning: str = ""
     finish_reason: str | None = None
     completion_tokens: int | None = None
+    tokens: str = ""  # the chunk's raw token text, when logprobs were asked for
 
 
 def delta_fields(chunk) -> DeltaFields:
@@ -47,6 +48,8 @@ def delta_fields(chunk) -> DeltaFields:
     out.content = get(delta, "content") or ""
     out.reasoning = get(delta, "reasoning") or get(delta, "reasoning_content") or ""
     out.finish_reason = get(choice, "finish_reason")
+    logprobs = get(choice, "logprobs")
+    out.tokens = "".join(get(t, "token") or "" for t in (get(logprobs, "content") or []))
     return out
 
 
@@ -59,7 +62,9 @@ class TurnStream:
     """One assistant turn being streamed; feed it chunks, read ``reasoning``/``answer`` any time.
 
     ``prior_reasoning`` continues a trace cut off earlier (the "continue" button): new reasoning is
-    appended to it and the content is read as reasoning until ``</think>``.
+    appended to it and the content is read as reasoning until ``</think>``. A server that reads the
+    continuation as an answer strips its leading whitespace (" circles" after "three"); when the
+    request asked for logprobs, the raw tokens say what was stripped and it is put back.
     """
 
     prior_reasoning: str = ""
@@ -72,10 +77,13 @@ class TurnStream:
     reasoning_seconds: float | None = field(init=False, default=None)
     _field_reasoning: str = field(init=False, default="")
     _raw_content: str = field(init=False, default="")
+    _lead_tokens: str | None = field(init=False, default=None)  # raw text before the first visible
     _inline: ReasoningStream = field(init=False)
 
     def __post_init__(self) -> None:
         self.started_at = self.clock()
+        if self.prior_reasoning:
+            self._lead_tokens = ""
         self._inline = ReasoningStream(think_in_prompt=bool(self.prior_reasoning))
 
     # --- what the UI reads -------------------------------------------------------------------
@@ -117,6 +125,8 @@ class TurnStream:
         if d.finish_reason:
             self.finish_reason = d.finish_reason
         changed = False
+        if self._lead_tokens is not None:
+            self._restore_lead(d)
         if d.reasoning:
             if self.prior_reasoning and not self._raw_content and not self._field_reasoning:
                 # The server splits the trace itself: its content will be the answer only.
@@ -154,6 +164,20 @@ class TurnStream:
         if delta.answer:
             self.answer_tokens += 1
         return bool(delta)
+
+    def _restore_lead(self, d: DeltaFields) -> None:
+        self._lead_tokens += d.tokens
+        first = d.reasoning or d.content
+        if not first:
+            return
+        raw = self._lead_tokens
+        lead = raw[: len(raw) - len(raw.lstrip())]
+        if lead and not first[0].isspace() and not self.prior_reasoning[-1:].isspace():
+            if d.reasoning:
+                d.reasoning = lead + d.reasoning
+            else:
+                d.content = lead + d.content
+        self._lead_tokens = None
 
     def _mark_answer_start(self) -> None:
         if self.reasoning_seconds is None:
