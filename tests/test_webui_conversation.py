@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from webui import conversation as conv
-from webui.app import parse_settings, read_auth
+from webui import render
 from webui.example_images import EXAMPLES, example_paths
+from webui.settings import parse_settings, read_auth
 
 
 @pytest.fixture
@@ -49,16 +50,16 @@ def test_request_sends_traces_back_when_asked(talk):
 
 def test_chat_display_folds_thinking_once_the_answer_starts(talk):
     turn = conv.assistant_turn("counting", "", None, 1.0, 3)
-    live = conv.to_chatbot(talk[:1] + [turn], live=True)
+    live = render.to_chatbot(talk[:1] + [turn], live=True)
     assert live[-1]["metadata"]["status"] == "pending"
     assert live[-1]["metadata"]["log"] == "1.0 s · 3 tokens"
     turn["answer"] = "Two"
-    shown = conv.to_chatbot(talk[:1] + [turn], live=True)
+    shown = render.to_chatbot(talk[:1] + [turn], live=True)
     assert shown[-2]["metadata"]["status"] == "done" and shown[-1]["content"] == "Two"
 
 
 def test_chat_display_shows_image_then_text_and_highlights_the_boxed_result(talk, image):
-    shown = conv.to_chatbot(talk)
+    shown = render.to_chatbot(talk)
     assert shown[0]["content"][0]["path"] == image and shown[0]["content"][1] == "How many dots?"
     assert "ovr-result" in shown[2]["content"] and "\\boxed{1}" in shown[2]["content"]
     assert shown[-2]["content"].startswith("⚠️")
@@ -66,7 +67,7 @@ def test_chat_display_shows_image_then_text_and_highlights_the_boxed_result(talk
 
 def test_truncated_trace_is_labelled_and_invites_continue():
     turn = conv.assistant_turn("long trace", "", "length", 5.0, 4096)
-    shown = conv.to_chatbot([conv.user_turn("q"), turn])
+    shown = render.to_chatbot([conv.user_turn("q"), turn])
     assert conv.is_truncated(turn)
     assert shown[1]["metadata"]["title"] == conv.TRUNCATED_TITLE
     assert "Continue" in shown[2]["content"]
@@ -141,16 +142,43 @@ def test_settings_read_key_and_login_from_environment(monkeypatch, tmp_path):
 def test_finished_trace_tags_behaviours_and_counts_them_live_trace_does_not():
     trace = "Add 3 and 4. Wait, that is wrong. Let me double-check: 3 + 4 = 7."
     turn = conv.assistant_turn(trace, "$\\boxed{7}$", "stop", 1.0, 20)
-    thought = conv.to_chatbot([conv.user_turn("3+4?"), turn])[1]
+    thought = render.to_chatbot([conv.user_turn("3+4?"), turn])[1]
     assert '<mark class="ovr-behaviour" title="backtracking">Wait,</mark>' in thought["content"]
     assert 'title="verification">Let me double-check</mark>' in thought["content"]
     assert "backtracking ×2" in thought["metadata"]["log"]  # "Wait" and "that is wrong"
     assert "verification ×1" in thought["metadata"]["log"]
     live = conv.assistant_turn(trace, "", None, 1.0, 20)
-    streaming = conv.to_chatbot([conv.user_turn("3+4?"), live], live=True)[1]
+    streaming = render.to_chatbot([conv.user_turn("3+4?"), live], live=True)[1]
     assert streaming["content"] == trace  # not while it streams: the text would jump about
     plain = conv.assistant_turn("3 + 4 = 7.", "$\\boxed{7}$", "stop", 1.0, 9)
-    assert conv.to_chatbot([conv.user_turn("3+4?"), plain])[1]["metadata"]["log"] == (
+    assert render.to_chatbot([conv.user_turn("3+4?"), plain])[1]["metadata"]["log"] == (
         "1.0 s · 9 tokens"
     )
     assert conv.export_json([conv.user_turn("3+4?"), turn]).count("<mark") == 0  # display only
+
+
+def test_model_text_is_escaped_so_angle_brackets_do_not_swallow_it():
+    trace = "Compare <image> and x<y & z. Wait, `a<b` stays code."
+    turn = conv.assistant_turn(trace, "Since $x<y$, \\boxed{x<y}", "stop", 1.0, 9)
+    thought, answer = render.to_chatbot([conv.user_turn("q"), turn])[1:]
+    assert "Compare &lt;image> and x&lt;y &amp; z." in thought["content"]
+    assert "`a<b`" in thought["content"]  # Markdown shows code verbatim: no entity there
+    assert 'title="backtracking">Wait,</mark>' in thought["content"]
+    assert "$x&lt;y$" in answer["content"] and "<image>" not in thought["content"]
+    assert render.escape_html("```\n<b>\n```\n<b>") == "```\n<b>\n```\n&lt;b>"
+
+
+def test_bare_boxed_result_is_typeset_and_boxes_in_math_are_left_alone():
+    assert render.typeset_bare_boxes("So \\boxed{4}.") == "So $\\boxed{4}$."
+    for inside in ["$\\boxed{4}$", "$$x = \\boxed{4}$$", "\\[\\boxed{4}\\]", "\\(\\boxed{4}\\)"]:
+        assert render.typeset_bare_boxes(inside) == inside
+    shown = render.decorate_answer("First \\boxed{1}, then $2$ and \\boxed{\\frac{1}{2}}")
+    assert shown.startswith("First $\\boxed{1}$, then $2$ and $\\boxed{\\frac{1}{2}}$")
+    assert 'class="ovr-result">Final answer: $\\boxed{\\frac{1}{2}}$</div>' in shown
+
+
+def test_each_chat_message_maps_back_to_its_turn(talk):
+    shown = render.to_chatbot(talk)  # user, thought, answer, user, error, user
+    turns = [render.turn_of_message(talk, i) for i in range(len(shown))]
+    assert turns == [0, 1, 1, 2, 3, 4]
+    assert render.turn_of_message(talk, len(shown)) is None

@@ -8,14 +8,10 @@ comes from ``OVR_UI_USER``/``OVR_UI_PASSWORD`` or ``--auth-file`` (lines of ``us
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import hmac
 import json
-import os
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -23,10 +19,11 @@ import gradio as gr
 from ovr_serve.format import THINK_OPEN
 from webui import conversation as conv
 from webui.example_images import EXAMPLES_DIR, example_paths
-from webui.stream import UPDATE_INTERVAL_S, TurnStream, UpdateThrottle
+from webui.render import to_chatbot, turn_of_message
+from webui.settings import UISettings, auth_check, parse_settings
+from webui.stream import TurnStream, UpdateThrottle
 from webui.upstream import Endpoint, describe_error, list_models, stream_turn
 
-DEFAULT_MAX_TOKENS = 16384  # OVR-7B traces often run to several thousand tokens
 MAX_TOKENS_CAP = 32768
 LATEX = [
     {"left": "$$", "right": "$$", "display": True},
@@ -42,100 +39,11 @@ mark.ovr-behaviour { background: rgba(250, 204, 21, .35); border-radius: 3px; pa
 """
 
 
-@dataclass
-class UISettings:
-    """Everything the app needs to know, from the command line and the environment."""
-
-    endpoint: str = "http://127.0.0.1:8000/v1"
-    model: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    host: str = "127.0.0.1"
-    port: int = 7860
-    root_path: str | None = None
-    auth: list[tuple[str, str]] | None = field(default=None, repr=False)
-    concurrency: int = 16
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    idle_timeout: float = 300.0
-    update_interval: float = UPDATE_INTERVAL_S
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: parse flags and environment, build the app, serve it."""
     settings = parse_settings(argv)
     print(f"OVR web UI on http://{settings.host}:{settings.port} -> {settings.endpoint}")
     launch(build_app(settings), settings)
-
-
-def parse_settings(argv: list[str] | None = None) -> UISettings:
-    """Command line plus ``OVR_API_KEY``/``OVR_UI_USER``/``OVR_UI_PASSWORD`` into settings."""
-    p = argparse.ArgumentParser(prog="ovr-webui", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--endpoint",
-        default=os.environ.get("OVR_ENDPOINT", UISettings.endpoint),
-        help="OpenAI-compatible base URL, ending in /v1.",
-    )
-    p.add_argument(
-        "--model", default=None, help="Model name to preselect (default: the first listed)."
-    )
-    p.add_argument("--host", default=UISettings.host, help="Address to listen on.")
-    p.add_argument("--port", type=int, default=UISettings.port, help="Port to listen on.")
-    p.add_argument(
-        "--root-path",
-        default=os.environ.get("OVR_UI_ROOT_PATH"),
-        help="URL prefix when served behind a reverse proxy, e.g. /ovr.",
-    )
-    p.add_argument("--auth-file", default=None, help="File of 'user:password' lines for the login.")
-    p.add_argument(
-        "--concurrency",
-        type=int,
-        default=UISettings.concurrency,
-        help="Chats generating at the same time (Gradio's queue runs 1 by default).",
-    )
-    p.add_argument(
-        "--max-tokens",
-        type=int,
-        default=DEFAULT_MAX_TOKENS,
-        help="Default max tokens per answer (trace included).",
-    )
-    p.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=UISettings.idle_timeout,
-        help="Seconds without a token before a generation counts as timed out.",
-    )
-    a = p.parse_args(argv)
-    auth = read_auth(a.auth_file)
-    user, password = os.environ.get("OVR_UI_USER"), os.environ.get("OVR_UI_PASSWORD")
-    if user and password:
-        auth = (auth or []) + [(user, password)]
-    return UISettings(
-        endpoint=a.endpoint.rstrip("/"),
-        model=a.model,
-        api_key=os.environ.get("OVR_API_KEY") or None,
-        host=a.host,
-        port=a.port,
-        root_path=a.root_path,
-        auth=auth,
-        concurrency=a.concurrency,
-        max_tokens=a.max_tokens,
-        idle_timeout=a.idle_timeout,
-    )
-
-
-def read_auth(path: str | None) -> list[tuple[str, str]] | None:
-    """``user:password`` lines (``#`` comments and blank lines skipped); None without a file."""
-    if not path:
-        return None
-    pairs = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, sep, password = line.partition(":")
-        if not sep or not user or not password:
-            raise SystemExit(f"{path}:{n}: expected 'user:password'")
-        pairs.append((user, password))
-    return pairs
 
 
 def launch(app: gr.Blocks, settings: UISettings, **kwargs):
@@ -144,7 +52,7 @@ def launch(app: gr.Blocks, settings: UISettings, **kwargs):
         server_name=settings.host,
         server_port=settings.port,
         root_path=settings.root_path,
-        auth=_auth_check(settings.auth) if settings.auth else None,
+        auth=auth_check(settings.auth) if settings.auth else None,
         allowed_paths=[str(EXAMPLES_DIR)],
         show_error=False,
         footer_links=[],
@@ -152,16 +60,6 @@ def launch(app: gr.Blocks, settings: UISettings, **kwargs):
         css=CSS,
         **kwargs,
     )
-
-
-def _auth_check(pairs: list[tuple[str, str]]):
-    def check(user: str, password: str) -> bool:
-        ok = False
-        for u, p in pairs:  # compare all, in constant time each
-            ok |= hmac.compare_digest(u, user) & hmac.compare_digest(p, password)
-        return ok
-
-    return check
 
 
 def build_app(settings: UISettings) -> gr.Blocks:
@@ -225,6 +123,11 @@ def build_app(settings: UISettings) -> gr.Blocks:
             label="Conversation",
             show_label=False,
             layout="bubble",
+            editable="user",
+            # Gradio 6.31 edits a message group part by part and fails on an image part
+            # (`.slice is not a function`); ungrouped, the question's text is edited alone.
+            # Check by editing a question sent with an image after an upgrade.
+            group_consecutive_messages=False,
         )
         box = gr.MultimodalTextbox(
             file_types=["image"],
@@ -267,7 +170,12 @@ def build_app(settings: UISettings) -> gr.Blocks:
         cont = continue_btn.click(**busy)
         cont_gen = cont.then(chat.continue_trace, [conversation, *options], gen_out)
         cont_gen.then(**idle)
-        running = [submit_gen, regen_gen, cont_gen]
+        edit = chatbot.edit(
+            chat.resend_edited, [conversation], [conversation, chatbot], queue=False
+        )
+        edit_gen = edit.success(**busy).then(chat.generate, [conversation, *options], gen_out)
+        edit_gen.then(**idle)
+        running = [submit_gen, regen_gen, cont_gen, edit_gen]
         box.stop(None, None, None, cancels=running, queue=False).then(
             chat.mark_stopped, [conversation], [conversation, chatbot, continue_btn], queue=False
         ).then(**idle)
@@ -321,7 +229,7 @@ class _Handlers:
         if not text and not files:
             raise gr.Error("Type a question or add an image first.", print_exception=False)
         conversation = conversation + [conv.user_turn(text, files)]
-        return conversation, conv.to_chatbot(conversation), gr.update(value=None)
+        return conversation, to_chatbot(conversation), gr.update(value=None)
 
     def drop_answer(self, conversation: list[dict]):
         """Remove everything after the last user turn, so it can be answered again."""
@@ -329,17 +237,31 @@ class _Handlers:
         if last_user is None:
             raise gr.Error("Nothing to regenerate yet.", print_exception=False)
         conversation = conversation[: last_user + 1]
-        return conversation, conv.to_chatbot(conversation)
+        return conversation, to_chatbot(conversation)
+
+    def resend_edited(self, conversation: list[dict], edit: gr.EditData):
+        """A question edited in the chat: cut the conversation there and ask it again (images kept)."""
+        index = edit.index[0] if isinstance(edit.index, (list, tuple)) else edit.index
+        at = turn_of_message(conversation, index)
+        text = edit.value if isinstance(edit.value, str) else conv.text_of(edit.value)
+        if at is None or conversation[at]["role"] != "user":
+            raise gr.Error("Only your own questions can be edited.", print_exception=False)
+        if not text.strip() and not conversation[at]["images"]:
+            raise gr.Error("Type a question or add an image first.", print_exception=False)
+        conversation = conversation[:at] + [
+            conv.user_turn(text.strip(), conversation[at]["images"])
+        ]
+        return conversation, to_chatbot(conversation)
 
     def edit_last(self, conversation: list[dict]):
         """Put the last question (text and images) back in the input box and take it out of the chat."""
         last_user = _last_index(conversation, "user")
         if last_user is None:
-            return conversation, conv.to_chatbot(conversation), gr.skip()
+            return conversation, to_chatbot(conversation), gr.skip()
         turn = conversation[last_user]
         conversation = conversation[:last_user]
         box = {"text": turn["text"], "files": list(turn["images"])}
-        return conversation, conv.to_chatbot(conversation), box
+        return conversation, to_chatbot(conversation), box
 
     async def generate(
         self, conversation, model, system, temperature, top_p, max_tokens, traces, extra="{}"
@@ -357,7 +279,7 @@ class _Handlers:
     ):
         """Continue a trace the token limit cut off, in the same assistant turn."""
         if not conversation or not conv.is_truncated(conversation[-1]):
-            yield conversation, conv.to_chatbot(conversation), gr.update(visible=False), gr.skip()
+            yield conversation, to_chatbot(conversation), gr.update(visible=False), gr.skip()
             return
         turn = conversation[-1]
         messages = conv.to_openai(conversation[:-1], system, include_reasoning=traces)
@@ -371,6 +293,7 @@ class _Handlers:
                 "continue_final_message": True,
                 "add_generation_prompt": False,
             }
+            r["logprobs"] = True  # the raw first token: whitespace a server strips is put back
             return r
 
         turn["finish_reason"] = None
@@ -409,7 +332,7 @@ class _Handlers:
             turn["seconds"] = (base_seconds or 0) + stream.elapsed()
             turn["finish_reason"] = stream.finish_reason
 
-        yield conversation, conv.to_chatbot(conversation, live=True), gr.skip(), gr.skip()
+        yield conversation, to_chatbot(conversation, live=True), gr.skip(), gr.skip()
         try:
             async with self.endpoint.client() as client:
                 async for _ in stream_turn(
@@ -418,7 +341,7 @@ class _Handlers:
                     sync()
                     yield (
                         conversation,
-                        conv.to_chatbot(conversation, live=True),
+                        to_chatbot(conversation, live=True),
                         gr.skip(),
                         gr.skip(),
                     )
@@ -438,12 +361,12 @@ class _Handlers:
             conversation.append(conv.error_turn(describe_error(err, self.endpoint.base_url)))
             last_user = conversation[_last_index(conversation, "user")]
             box = {"text": last_user["text"], "files": list(last_user["images"])}
-            yield conversation, conv.to_chatbot(conversation), gr.update(visible=False), box
+            yield conversation, to_chatbot(conversation), gr.update(visible=False), box
             return
         sync()
         yield (
             conversation,
-            conv.to_chatbot(conversation),
+            to_chatbot(conversation),
             gr.update(visible=conv.is_truncated(turn)),
             gr.skip(),
         )
@@ -455,7 +378,7 @@ class _Handlers:
             if turn["finish_reason"] is None:
                 turn["stopped"] = True
                 turn["finish_reason"] = "stop"
-        return conversation, conv.to_chatbot(conversation), gr.update(visible=False)
+        return conversation, to_chatbot(conversation), gr.update(visible=False)
 
     # --- conversation files -----------------------------------------------------------------
     def export(self, conversation: list[dict], system: str):
@@ -478,7 +401,7 @@ class _Handlers:
             )
         except (ValueError, UnicodeDecodeError) as err:
             raise gr.Error(f"Cannot import that file: {err}", print_exception=False) from err
-        return conversation, conv.to_chatbot(conversation), system
+        return conversation, to_chatbot(conversation), system
 
     async def refresh_models(self, current: str | None):
         """Fill the model list from ``/v1/models``; size the max-tokens slider to the context."""

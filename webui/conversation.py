@@ -1,4 +1,4 @@
-"""A conversation as the UI keeps it, and every view of it: the chat display, the request, the exports.
+"""A conversation as the UI keeps it, the request it makes upstream, and its export and import.
 
 The conversation is a list of plain dicts (it lives in ``gr.State`` and survives JSON):
 
@@ -7,23 +7,20 @@ The conversation is a list of plain dicts (it lives in ``gr.State`` and survives
   "seconds": float | None, "tokens": int, "stopped": bool}``
 - ``{"role": "error", "text": str}``: shown in the chat, never sent to the model.
 
-The chat display is rendered from it (never the other way round), so the raw answer and trace
-are kept whole for export and resend while the display can decorate them (the boxed result).
+The chat display is rendered from it by ``webui.render``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import json
 import mimetypes
 import tempfile
 import uuid
 from pathlib import Path
 
-from ovr_serve.behaviours import find_behaviours, highlight
-from ovr_serve.format import extract_boxed, format_completion, split_reasoning
+from ovr_serve.format import format_completion, split_reasoning
 
 THINKING_TITLE = "Thinking"
 TRUNCATED_TITLE = "Thinking — cut off by the token limit"
@@ -67,82 +64,6 @@ def is_truncated(turn: dict) -> bool:
         and turn.get("finish_reason") == "length"
         and not turn.get("answer", "").strip()
     )
-
-
-# --- the chat display -----------------------------------------------------------------------------
-def to_chatbot(conversation: list[dict], live: bool = False) -> list[dict]:
-    """Gradio ``Chatbot`` messages for a conversation; ``live`` marks its last turn as streaming."""
-    out: list[dict] = []
-    last = len(conversation) - 1
-    for i, turn in enumerate(conversation):
-        role = turn["role"]
-        if role == "user":
-            content: list = [{"path": p, "alt_text": Path(p).name} for p in turn["images"]]
-            if turn["text"]:
-                content.append(turn["text"])
-            out.append({"role": "user", "content": content or [""]})
-        elif role == "assistant":
-            out.extend(_assistant_messages(turn, streaming=live and i == last))
-        else:
-            out.append({"role": "assistant", "content": f"⚠️ **Error:** {turn['text']}"})
-    return out
-
-
-def _assistant_messages(turn: dict, streaming: bool) -> list[dict]:
-    messages = []
-    thinking = streaming and not turn["answer"] and not turn["finish_reason"]
-    if turn["reasoning"] or thinking:
-        stats = [f"{turn['seconds'] or 0:.1f} s", f"{turn['tokens']} tokens"]
-        content = turn["reasoning"]
-        if not thinking:  # a finished trace: tag the cognitive behaviours the paper tracks
-            content, found = tag_behaviours(content)
-            stats += found
-        messages.append(
-            {
-                "role": "assistant",
-                "content": content,
-                "metadata": {
-                    "title": TRUNCATED_TITLE if is_truncated(turn) else THINKING_TITLE,
-                    "log": " · ".join(stats),
-                    "status": "pending" if thinking else "done",
-                },
-            }
-        )
-    answer = decorate_answer(turn["answer"]) if turn["answer"].strip() else ""
-    if turn.get("stopped"):
-        answer += "\n\n*Stopped.*"
-    elif is_truncated(turn):
-        answer += "*The trace hit the token limit before an answer: press **Continue** to go on.*"
-    if answer.strip():
-        messages.append({"role": "assistant", "content": answer.strip()})
-    return messages
-
-
-@functools.lru_cache(maxsize=256)
-def tag_behaviours(trace: str) -> tuple[str, tuple[str, ...]]:
-    """The trace with each behaviour phrase marked (``<mark class="ovr-behaviour" title=…>``), and
-    "name ×count" per behaviour found; the rules are ``ovr-eval behaviours``' (one detector).
-
-    Cached: the chat display is re-rendered on every streamed update, and the rules take ~0.1 s on
-    a 100 KB trace, so each finished trace is tagged once, not every 80 ms."""
-    spans = find_behaviours(trace)
-    if not spans:
-        return trace, ()
-    counts: dict[str, int] = {}
-    for span in spans:
-        counts[span.behaviour] = counts.get(span.behaviour, 0) + 1
-    marked = highlight(
-        trace, spans, '<mark class="ovr-behaviour" title="{behaviour}">{text}</mark>'
-    )
-    return marked, tuple(f"{name.replace('_', ' ')} ×{n}" for name, n in counts.items())
-
-
-def decorate_answer(answer: str) -> str:
-    """The answer as Markdown, with its final ``\\boxed{}`` result repeated in a callout."""
-    boxed = extract_boxed(answer)
-    if boxed is None:
-        return answer
-    return f'{answer}\n\n<div class="ovr-result">Final answer: $\\boxed{{{boxed}}}$</div>'
 
 
 # --- the request ----------------------------------------------------------------------------------
@@ -245,13 +166,13 @@ def import_json(text: str, image_dir: str | Path | None = None) -> tuple[list[di
             raise ValueError(f"message {n} has no role")
         role, content = message["role"], message.get("content")
         if role == "system":
-            system = _text_of(content)
+            system = text_of(content)
         elif role == "user":
             images = [_save_image(url, image_dir) for url in _image_urls(content)]
-            conversation.append(user_turn(_text_of(content), images))
+            conversation.append(user_turn(text_of(content), images))
         elif role == "assistant":
             reasoning = message.get("reasoning") or message.get("reasoning_content") or ""
-            answer = _text_of(content)
+            answer = text_of(content)
             if not reasoning:
                 split = split_reasoning(answer)
                 reasoning, answer = split.reasoning, split.answer
@@ -263,7 +184,8 @@ def import_json(text: str, image_dir: str | Path | None = None) -> tuple[list[di
     return conversation, system
 
 
-def _text_of(content) -> str:
+def text_of(content) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts."""
     if content is None:
         return ""
     if isinstance(content, str):

@@ -1,0 +1,121 @@
+"""What the web UI is told: command line, environment and login file, as one settings object.
+
+The upstream API key comes from ``OVR_API_KEY`` and stays in the server process; an optional login
+comes from ``OVR_UI_USER``/``OVR_UI_PASSWORD`` or ``--auth-file`` (lines of ``user:password``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from webui.stream import UPDATE_INTERVAL_S
+
+DEFAULT_MAX_TOKENS = 16384  # OVR-7B traces often run to several thousand tokens
+
+
+@dataclass
+class UISettings:
+    """Everything the app needs to know, from the command line and the environment."""
+
+    endpoint: str = "http://127.0.0.1:8000/v1"
+    model: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 7860
+    root_path: str | None = None
+    auth: list[tuple[str, str]] | None = field(default=None, repr=False)
+    concurrency: int = 16
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    idle_timeout: float = 300.0
+    update_interval: float = UPDATE_INTERVAL_S
+
+
+def parse_settings(argv: list[str] | None = None) -> UISettings:
+    """Command line plus ``OVR_API_KEY``/``OVR_UI_USER``/``OVR_UI_PASSWORD`` into settings."""
+    p = argparse.ArgumentParser(
+        prog="ovr-webui",
+        description="The OVR web UI: chat with images beside long reasoning traces.",
+    )
+    p.add_argument(
+        "--endpoint",
+        default=os.environ.get("OVR_ENDPOINT", UISettings.endpoint),
+        help="OpenAI-compatible base URL, ending in /v1.",
+    )
+    p.add_argument(
+        "--model", default=None, help="Model name to preselect (default: the first listed)."
+    )
+    p.add_argument("--host", default=UISettings.host, help="Address to listen on.")
+    p.add_argument("--port", type=int, default=UISettings.port, help="Port to listen on.")
+    p.add_argument(
+        "--root-path",
+        default=os.environ.get("OVR_UI_ROOT_PATH"),
+        help="URL prefix when served behind a reverse proxy, e.g. /ovr.",
+    )
+    p.add_argument("--auth-file", default=None, help="File of 'user:password' lines for the login.")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=UISettings.concurrency,
+        help="Chats generating at the same time (Gradio's queue runs 1 by default).",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        help="Default max tokens per answer (trace included).",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=UISettings.idle_timeout,
+        help="Seconds without a token before a generation counts as timed out.",
+    )
+    a = p.parse_args(argv)
+    auth = read_auth(a.auth_file)
+    user, password = os.environ.get("OVR_UI_USER"), os.environ.get("OVR_UI_PASSWORD")
+    if user and password:
+        auth = (auth or []) + [(user, password)]
+    return UISettings(
+        endpoint=a.endpoint.rstrip("/"),
+        model=a.model,
+        api_key=os.environ.get("OVR_API_KEY") or None,
+        host=a.host,
+        port=a.port,
+        root_path=a.root_path,
+        auth=auth,
+        concurrency=a.concurrency,
+        max_tokens=a.max_tokens,
+        idle_timeout=a.idle_timeout,
+    )
+
+
+def read_auth(path: str | None) -> list[tuple[str, str]] | None:
+    """``user:password`` lines (``#`` comments and blank lines skipped); None without a file."""
+    if not path:
+        return None
+    pairs = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user or not password:
+            raise SystemExit(f"{path}:{n}: expected 'user:password'")
+        pairs.append((user, password))
+    return pairs
+
+
+def auth_check(pairs: list[tuple[str, str]]):
+    """Gradio's login callback for these user/password pairs."""
+
+    def check(user: str, password: str) -> bool:
+        ok = False
+        for u, p in pairs:  # compare all, in constant time each
+            ok |= hmac.compare_digest(u, user) & hmac.compare_digest(p, password)
+        return ok
+
+    return check
