@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.webui_helpers import CHROMIUM, chromium_page, running_webui, screenshot
+from tests.webui_helpers import CHROMIUM, chromium_page, prefix_proxy, running_webui, screenshot
 from webui.example_images import EXAMPLES_DIR
 
 pytestmark = [
@@ -232,11 +232,13 @@ def test_endpoint_down_shows_error_and_keeps_the_question(tmp_path):
 
 
 def test_imported_trace_shows_behaviour_tags(page, tmp_path):
-    trace = "Add 3 and 4. Wait, that is wrong. Let me look at the image again: 3 + 4 = 7."
+    trace = (
+        "Add 3 and 4 in <image>. Wait, that is wrong. Let me look at the image again: 3 + 4 = 7."
+    )
     chat = {
         "messages": [
             {"role": "user", "content": "What is 3 + 4?"},
-            {"role": "assistant", "reasoning": trace, "content": "So $\\boxed{7}$."},
+            {"role": "assistant", "reasoning": trace, "content": "So \\boxed{7}."},
         ]
     }
     path = tmp_path / "tagged.json"
@@ -256,3 +258,87 @@ def test_imported_trace_shows_behaviour_tags(page, tmp_path):
     tags = {marks.nth(i).get_attribute("title") for i in range(marks.count())}
     assert tags == {"backtracking", "visual_reflection"}
     assert marks.first.evaluate("m => getComputedStyle(m).backgroundColor") != "rgba(0, 0, 0, 0)"
+    assert "in <image>." in thought.locator(".content").inner_text()  # escaped, not eaten as a tag
+    answer = page.locator("#ovr-chat .bot-row .message-content").last
+    assert answer.locator(".katex").count() == 2  # the bare \boxed{7}, and the result callout
+
+
+def test_editing_an_earlier_question_cuts_the_chat_there_and_asks_again(page):
+    set_number(page, "ovr-max-tokens", 200)
+    send(page, "How many squares?", [SHAPES])
+    wait_idle(page)
+    send(page, "And circles?")
+    wait_idle(page)
+    first = page.locator("#ovr-chat .user-row").get_by_text("How many squares?")
+    first.hover()
+    page.locator("#ovr-chat button[aria-label=Edit]").first.click()
+    box = page.locator("#ovr-chat textarea")
+    assert box.input_value() == "How many squares?"
+    box.fill(QUESTION)
+    page.locator("#ovr-chat button[aria-label=Submit]").click()
+    page.wait_for_function(
+        "!document.querySelector('#ovr-chat').innerText.includes('And circles?')", timeout=30_000
+    )
+    wait_idle(page)
+    users = page.locator("#ovr-chat .user-row")
+    assert users.get_by_text(QUESTION).count() == 1
+    assert users.get_by_text("How many squares?").count() == 0
+    assert users.locator("img").count() == 1  # the image stayed with the edited question
+    assert page.locator("#ovr-chat .thought-group").count() == 1  # one answer, to the edit
+    screenshot(page, "webui-edited")
+
+
+def test_login_refuses_a_wrong_password_and_then_lets_you_chat(ovr_server):
+    env = {"OVR_UI_USER": "ann", "OVR_UI_PASSWORD": "s3cret"}
+    with (
+        running_webui(
+            ovr_server.base_url, ovr_server.model, free_port(), ovr_server.api_key, env=env
+        ) as url,
+        chromium_page() as page,
+    ):
+        page.goto(url + "/")
+        login = page.locator("input[type=password]")
+        login.wait_for(timeout=30_000)
+        assert page.locator("#ovr-input").count() == 0  # nothing of the app before logging in
+        page.locator("input[type=text]").first.fill("ann")
+        login.fill("wrong")
+        page.get_by_role("button", name="Login").click()
+        page.get_by_text("Incorrect Credentials").wait_for(timeout=10_000)
+        screenshot(page, "webui-login-refused")
+        page.locator("input[type=text]").first.fill("ann")
+        page.locator("input[type=password]").fill("s3cret")
+        page.get_by_role("button", name="Login").click()
+        try:
+            page.wait_for_selector("#ovr-input textarea", timeout=30_000)
+        finally:
+            screenshot(page, "webui-logged-in")
+        send(page, "What is 2 + 2?")
+        wait_idle(page)
+        assert page.locator("#ovr-chat .bot-row").count() >= 1
+        assert "Error" not in page.locator("#ovr-chat").inner_text()
+
+
+def test_app_served_behind_a_reverse_proxy_prefix(ovr_server):
+    with (
+        running_webui(
+            ovr_server.base_url,
+            ovr_server.model,
+            port := free_port(),
+            ovr_server.api_key,
+            args=["--root-path", "/ovr"],
+            log_name="webui-prefix",
+        ),
+        prefix_proxy(f"http://127.0.0.1:{port}", "/ovr", free_port()) as url,
+        chromium_page() as page,
+    ):
+        failed = []
+        page.on("requestfailed", lambda r: failed.append(r.url))
+        page.on("response", lambda r: r.status >= 400 and failed.append(f"{r.status} {r.url}"))
+        page.goto(url + "/")
+        page.wait_for_selector("#ovr-input textarea", timeout=30_000)
+        send(page, QUESTION, [SHAPES])
+        wait_idle(page)
+        page.locator("#ovr-chat .user-row img").first.wait_for(timeout=20_000)
+        assert "Error" not in page.locator("#ovr-chat").inner_text()
+        assert not [u for u in failed if "/ovr/" not in u and "127.0.0.1" in u], failed
+        screenshot(page, "webui-behind-proxy")

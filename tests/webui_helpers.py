@@ -115,3 +115,51 @@ def screenshot(page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+@contextmanager
+def prefix_proxy(target: str, prefix: str, port: int):
+    """A reverse proxy on ``port`` that serves ``target`` under ``prefix`` (as nginx would)."""
+    import threading
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    hop = {"host", "connection", "transfer-encoding", "keep-alive"}
+
+    async def forward(request):
+        path = request.url.path
+        if not path.startswith(prefix):
+            return Response("not under the prefix", status_code=404)
+        async_client = request.app.state.client
+        upstream = async_client.build_request(
+            request.method,
+            path[len(prefix) :] or "/",
+            params=request.query_params,
+            headers=[(k, v) for k, v in request.headers.items() if k.lower() not in hop],
+            content=await request.body(),
+        )
+        reply = await async_client.send(upstream, stream=True)
+        return StreamingResponse(
+            reply.aiter_raw(),
+            status_code=reply.status_code,
+            headers={k: v for k, v in reply.headers.items() if k.lower() not in hop},
+            background=BackgroundTask(reply.aclose),
+        )
+
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    app = Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
+    app.state.client = httpx.AsyncClient(base_url=target, timeout=None)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}{prefix}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
