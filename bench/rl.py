@@ -130,18 +130,14 @@ def rewards() -> None:
             format_completion("Let me think.", f"So \\boxed{{\\frac{{{2 * guess}}}{{2}}}}.")
         )
         answers.append(str(a))
-    from ovr_train.rl import _interim_accuracy
+    from ovr_train.rewards import REWARDS, grade_serial
 
     start = time.perf_counter()
-    _interim_accuracy(completions, answers)
+    grade_serial(completions, answers)
     serial = time.perf_counter() - start
     print(f"reward: accuracy on {len(completions)} completions")
     print(f"  serial in process: {len(completions) / serial:8.1f} completions/s")
-    try:
-        from ovr_train.rewards import REWARDS
-    except ImportError:
-        print("  pooled: ovr_train.rewards not available yet; no ratio")
-        return
+    REWARDS["accuracy"](completions, answer=answers)  # start the worker pool outside the timing
     start = time.perf_counter()
     REWARDS["accuracy"](completions, answer=answers)
     pooled = time.perf_counter() - start
