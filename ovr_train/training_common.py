@@ -217,14 +217,23 @@ def default_report_to() -> list[str]:
 
 def parse_recipe_args(types: tuple, argv: list[str], prog: str) -> tuple:
     """``--config YAML`` plus ``key=value`` / ``--key value`` overrides, parsed by TRL's parser into
-    the dataclasses ``types``; ``report_to: auto`` becomes ``default_report_to()``."""
+    the dataclasses ``types``; ``report_to: auto`` becomes ``default_report_to()``. A list value is
+    written as in the recipe (``dataset=[a.jsonl, b.jsonl]``) or space-separated after ``--key``."""
+    import yaml
     from trl import TrlParser
 
     args = []
     for token in argv:
         if "=" in token and not token.startswith("-"):
             key, value = token.split("=", 1)
-            args += [f"--{key}", value]
+            if value.lstrip().startswith("["):
+                try:
+                    items = yaml.safe_load(value)
+                except yaml.YAMLError as exc:
+                    raise SystemExit(f"{key}={value}: not a list ({exc}); write {key}=[a, b]")
+                args += [f"--{key}", *(str(item) for item in items or [])]
+            else:
+                args += [f"--{key}", value]
         else:
             args.append(token)
     parsed = TrlParser(types, prog=prog).parse_args_and_config(args)

@@ -243,6 +243,15 @@ def test_overrides_take_key_value_and_flags():
     assert (args.learning_rate, args.max_steps, script_args.on_bad_rows) == (1e-4, 7, "skip")
 
 
+def test_list_overrides_read_as_in_the_recipe():
+    script_args, *_ = parse_args(["--config", TINY, "dataset=[a.jsonl, 'b c.parquet']"])
+    assert script_args.dataset == ["a.jsonl", "b c.parquet"]
+    script_args, *_ = parse_args(["--config", TINY, "--dataset", "a.jsonl", "b.jsonl"])
+    assert script_args.dataset == ["a.jsonl", "b.jsonl"]
+    with pytest.raises(SystemExit, match=r"dataset=\[a, b\]"):
+        parse_args(["--config", TINY, "dataset=[a.jsonl"])
+
+
 def test_sft_is_an_ovr_train_command():
     from ovr_train.cli import COMMANDS
 
