@@ -257,7 +257,20 @@ def test_imported_trace_shows_behaviour_tags(page, tmp_path):
     screenshot(page, "webui-behaviour-tags")
     tags = {marks.nth(i).get_attribute("title") for i in range(marks.count())}
     assert tags == {"backtracking", "visual_reflection"}
-    assert marks.first.evaluate("m => getComputedStyle(m).backgroundColor") != "rgba(0, 0, 0, 0)"
+    background = "m => getComputedStyle(m).backgroundColor"
+    assert marks.first.evaluate(background) != "rgba(0, 0, 0, 0)"
+    page.locator("#ovr-marks input[type=checkbox]").uncheck()  # the settings toggle: plain trace
+    page.wait_for_function(
+        "() => getComputedStyle(document.querySelector('#ovr-chat mark.ovr-behaviour'))"
+        ".backgroundColor === 'rgba(0, 0, 0, 0)'",
+        timeout=5_000,
+    )
+    page.locator("#ovr-marks input[type=checkbox]").check()
+    page.wait_for_function(
+        "() => getComputedStyle(document.querySelector('#ovr-chat mark.ovr-behaviour'))"
+        ".backgroundColor !== 'rgba(0, 0, 0, 0)'",
+        timeout=5_000,
+    )
     assert "in <image>." in thought.locator(".content").inner_text()  # escaped, not eaten as a tag
     answer = page.locator("#ovr-chat .bot-row .message-content").last
     assert answer.locator(".katex").count() == 2  # the bare \boxed{7}, and the result callout

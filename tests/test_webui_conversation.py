@@ -82,6 +82,20 @@ def test_json_export_is_openai_format_and_imports_back(talk, tmp_path):
     assert [t["role"] for t in back] == ["user", "assistant", "user"]
     assert back[1]["reasoning"] == talk[1]["reasoning"] and back[1]["answer"] == talk[1]["answer"]
     assert open(back[0]["images"][0], "rb").read() == open(talk[0]["images"][0], "rb").read()
+    assert (back[1]["seconds"], back[1]["tokens"]) == (2.0, 7)
+    assert render.to_chatbot(back)[1]["metadata"]["log"].startswith("2.0 s · 7 tokens")
+
+
+def test_a_trace_without_timing_shows_no_made_up_figures(tmp_path):
+    """A conversation from another tool has no time or token count: show none, not "0.0 s"."""
+    other = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "<think>R</think>A"},
+    ]
+    back, _ = conv.import_json(json.dumps(other), tmp_path)
+    assert (back[1]["seconds"], back[1]["tokens"]) == (None, 0)
+    assert render.to_chatbot(back)[1]["metadata"]["log"] == ""
+    assert "<summary>Thinking</summary>" in conv.export_markdown(back)
 
 
 @pytest.mark.parametrize(

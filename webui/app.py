@@ -36,7 +36,10 @@ CSS = """
 .ovr-result { display: inline-block; margin-top: .4em; padding: .35em .8em; border-radius: 8px;
   border: 2px solid #16a34a; background: rgba(22, 163, 74, .10); font-weight: 600; }
 mark.ovr-behaviour { background: rgba(250, 204, 21, .35); border-radius: 3px; padding: 0 2px; }
+#ovr-chat.ovr-plain mark.ovr-behaviour { background: none; padding: 0; color: inherit; }
 """
+# The behaviour marks toggle in the browser (a class on the chat), so no re-render is needed.
+MARKS_JS = """(on) => { document.getElementById('ovr-chat').classList.toggle('ovr-plain', !on); }"""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,6 +99,12 @@ def build_app(settings: UISettings) -> gr.Blocks:
                 False,
                 label="Send earlier reasoning back to the model",
                 info="Off: earlier turns send their answers only (shorter prompts).",
+            )
+            show_marks = gr.Checkbox(
+                True,
+                label="Mark reasoning behaviours in finished traces",
+                info="Backtracking, verification, visual reflection … (hover a mark for its name).",
+                elem_id="ovr-marks",
             )
             extra = gr.Textbox(
                 "",
@@ -199,6 +208,7 @@ def build_app(settings: UISettings) -> gr.Blocks:
         import_btn.upload(
             chat.import_file, [import_btn], [conversation, chatbot, system], queue=False
         )
+        show_marks.change(None, [show_marks], None, js=MARKS_JS, queue=False)
         refresh.click(chat.refresh_models, [model], [model, max_tokens], queue=False)
         app.load(chat.refresh_models, [model], [model, max_tokens], queue=False)
     app.queue(default_concurrency_limit=settings.concurrency)

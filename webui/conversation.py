@@ -52,6 +52,17 @@ def assistant_turn(
     }
 
 
+def trace_stats(turn: dict) -> list[str]:
+    """ "12.3 s", "456 tokens" for a trace; either left out when unknown (an imported conversation
+    from another tool has neither)."""
+    stats = []
+    if turn["seconds"] is not None:
+        stats.append(f"{turn['seconds']:.1f} s")
+    if turn["tokens"]:
+        stats.append(f"{turn['tokens']} tokens")
+    return stats
+
+
 def error_turn(text: str) -> dict:
     """An error shown in the chat in place of an answer."""
     return {"role": "error", "text": text}
@@ -121,6 +132,8 @@ def export_json(conversation: list[dict], system_prompt: str = "") -> str:
                 message["reasoning"] = turn["reasoning"]
             if turn["finish_reason"]:
                 message["finish_reason"] = turn["finish_reason"]
+            if turn["seconds"] is not None or turn["tokens"]:
+                message["ovr"] = {"seconds": turn["seconds"], "tokens": turn["tokens"]}
     return json.dumps({"messages": messages}, indent=2, ensure_ascii=False)
 
 
@@ -138,8 +151,9 @@ def export_markdown(conversation: list[dict], system_prompt: str = "") -> str:
             lines += ["## Assistant", ""]
             if turn["reasoning"]:
                 title = TRUNCATED_TITLE if is_truncated(turn) else THINKING_TITLE
-                stats = f"{turn['seconds'] or 0:.1f} s, {turn['tokens']} tokens"
-                lines += [f"<details><summary>{title} ({stats})</summary>", ""]
+                stats = ", ".join(trace_stats(turn))
+                summary = f"{title} ({stats})" if stats else title
+                lines += [f"<details><summary>{summary}</summary>", ""]
                 lines += [turn["reasoning"].strip(), "", "</details>", ""]
             lines += [turn["answer"].strip(), ""]
         else:
@@ -176,8 +190,16 @@ def import_json(text: str, image_dir: str | Path | None = None) -> tuple[list[di
             if not reasoning:
                 split = split_reasoning(answer)
                 reasoning, answer = split.reasoning, split.answer
+            stats = message.get("ovr") if isinstance(message.get("ovr"), dict) else {}
+            seconds, tokens = stats.get("seconds"), stats.get("tokens")
             conversation.append(
-                assistant_turn(reasoning, answer, finish_reason=message.get("finish_reason"))
+                assistant_turn(
+                    reasoning,
+                    answer,
+                    finish_reason=message.get("finish_reason"),
+                    seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
+                    tokens=int(tokens) if isinstance(tokens, int) and tokens > 0 else 0,
+                )
             )
         else:
             raise ValueError(f"message {n}: unsupported role {role!r}")

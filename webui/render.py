@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ovr_serve.behaviours import find_behaviours, highlight
 from ovr_serve.format import boxed_spans, extract_boxed
-from webui.conversation import THINKING_TITLE, TRUNCATED_TITLE, is_truncated
+from webui.conversation import THINKING_TITLE, TRUNCATED_TITLE, is_truncated, trace_stats
 
 _CODE = re.compile(r"(```.*?(?:```|\Z)|`[^`\n]*`)", re.S)
 _MATH = re.compile(r"\$\$.*?\$\$|\\\[.*?\\\]|\\\(.*?\\\)|\$[^$\n]*\$", re.S)
@@ -64,7 +64,10 @@ def _assistant_messages(turn: dict, streaming: bool) -> list[dict]:
     messages = []
     thinking = streaming and not turn["answer"] and not turn["finish_reason"]
     if turn["reasoning"] or thinking:
-        stats = [f"{turn['seconds'] or 0:.1f} s", f"{turn['tokens']} tokens"]
+        if thinking:  # live: both figures, from zero
+            stats = [f"{turn['seconds'] or 0:.1f} s", f"{turn['tokens']} tokens"]
+        else:
+            stats = trace_stats(turn)
         if thinking:  # not tagged while it streams: the text would jump about
             content = escape_html(turn["reasoning"])
         else:
