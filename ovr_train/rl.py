@@ -342,7 +342,7 @@ def materialise_sources(script_args: RLScriptArguments, output_dir: str) -> list
     for source in script_args.dataset:
         if source.startswith("synthetic-shapes:"):
             n = int(source.split(":", 1)[1])
-            stem = Path(output_dir) / "data" / f"shapes-{n}-seed{script_args.synthetic_seed}"
+            stem = Path(output_dir) / "data" / f"shapes2x2-{n}-seed{script_args.synthetic_seed}"
             path = stem.with_suffix(".jsonl")
             if not path.exists():
                 stem.mkdir(parents=True, exist_ok=True)

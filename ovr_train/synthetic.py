@@ -63,34 +63,38 @@ def reasoning_examples(n: int, seed: int = 0) -> list[dict]:
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60)}
 
 
-def shape_counting_example(rng: random.Random, size: int = 56, max_count: int = 3) -> dict:
-    """A drawn image with 1..``max_count`` shapes of one colour (plus distractors of other colours),
-    the question "How many <colour> shapes are in the image?" and the count as gold.
+def shape_counting_example(
+    rng: random.Random, size: int = 56, max_count: int = 3, colour: str = "red"
+) -> dict:
+    """A drawn image with 1..``max_count`` shapes (squares or discs) of ``colour``, the question
+    "How many shapes are in the image?" and the count as gold.
 
-    The tiny RL recipe's visual task: the answer is in the image only. ``size`` 56 gives Qwen2.5-VL
-    4x4 patches of 14 pixels, i.e. 4 image tokens after the 2x2 merge.
+    The tiny RL recipe's visual task: the answer is in the image only. The image is a 2x2 grid,
+    one shape per cell at most, and at ``size`` 56 each cell is exactly one Qwen2.5-VL image token
+    (14-pixel patches, merged 2x2), so counting is counting the tokens that hold a shape. That is
+    what a random ~1M-parameter vision tower can carry: a 3x3 grid of smaller shapes, or distractors
+    of other colours, left the tiny model answering one constant number (a 0.33 guess) after RL;
+    this layout reached 100% held-out greedy accuracy in 60 steps (~0.9 sampled by step 40), and
+    a random colour per image slowed that to ~0.45 sampled at step 40 (tests/test_rl.py checks).
     """
     from PIL import Image, ImageDraw
 
-    colour = rng.choice(list(COLOURS))
+    if not 1 <= max_count <= 4:
+        raise ValueError(f"max_count {max_count}: the 2x2 grid holds 1 to 4 shapes")
     count = rng.randint(1, max_count)
-    others = [c for c in COLOURS if c != colour]
-    shapes = [colour] * count + [rng.choice(others) for _ in range(rng.randint(0, 2))]
-    rng.shuffle(shapes)
     image = Image.new("RGB", (size, size), (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    cell = size // 3
-    cells = rng.sample(range(9), len(shapes))  # one shape per cell of a 3x3 grid: never overlapping
-    for name, where in zip(shapes, cells, strict=True):
-        x, y = (where % 3) * cell + 2, (where // 3) * cell + 2
+    cell = size // 2
+    for where in rng.sample(range(4), count):
+        x, y = (where % 2) * cell + 2, (where // 2) * cell + 2
         box = [x, y, x + cell - 4, y + cell - 4]
         if rng.random() < 0.5:
-            draw.rectangle(box, fill=COLOURS[name])
+            draw.rectangle(box, fill=COLOURS[colour])
         else:
-            draw.ellipse(box, fill=COLOURS[name])
+            draw.ellipse(box, fill=COLOURS[colour])
     return {
         "image": image,
-        "question": f"How many {colour} shapes are in the image?",
+        "question": "How many shapes are in the image?",
         "gold": str(count),
     }
 
