@@ -230,7 +230,9 @@ def parse_recipe_args(types: tuple, argv: list[str], prog: str) -> tuple:
                 try:
                     items = yaml.safe_load(value)
                 except yaml.YAMLError as exc:
-                    raise SystemExit(f"{key}={value}: not a list ({exc}); write {key}=[a, b]") from None
+                    raise SystemExit(
+                        f"{key}={value}: not a list ({exc}); write {key}=[a, b]"
+                    ) from None
                 args += [f"--{key}", *(str(item) for item in items or [])]
             else:
                 args += [f"--{key}", value]
