@@ -101,9 +101,16 @@ def serve(cfg: ServeConfig, dry_run: bool = False) -> int:
 def resolve(cfg: ServeConfig) -> tuple[ServeConfig, str, bool, int]:
     """Fill in what `auto` means on this machine: model path, device, template, context length."""
     if cfg.demo:
-        from ovr_train.tiny_model import cached_tiny_model
+        from ovr_train.tiny_model import MAX_PIXELS, cached_tiny_model
 
         cfg = replace(cfg, model=str(cached_tiny_model()))
+        if cfg.max_pixels > MAX_PIXELS:
+            print(
+                f"ovr-serve: demo model: images resized to at most {MAX_PIXELS} pixels"
+                " (the tiny test model loses its format on more image tokens)",
+                file=sys.stderr,
+            )
+            cfg = replace(cfg, max_pixels=MAX_PIXELS, min_pixels=min(cfg.min_pixels, MAX_PIXELS))
     if not cfg.is_loopback() and not cfg.api_key():
         raise LaunchError(
             f"refusing to listen on {cfg.host} without an API key: export {cfg.api_key_env}=<a long random"

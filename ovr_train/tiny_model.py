@@ -24,6 +24,14 @@ TEMPLATE_PATH = (
     Path(__file__).resolve().parent.parent / "ovr_serve" / "templates" / "qwen2_5_vl.jinja"
 )
 
+# The largest image the tiny model keeps its format with. It learned the format on text only, and a
+# few image tokens leave it on track, but at ~100 (a 320-pixel upload at the serving default) its
+# greedy trace may never close (seen: '<think>\nI count1}.'). 16 merged patches keep it answering;
+# the demo and the test endpoint serve it with this max_pixels. (Showing it random images in format
+# training made it cope with more, but also taught it to ignore images: the RL recipe, which starts
+# from it, then no longer learned to count. Measured; see tests/test_rl.py.)
+MAX_PIXELS = 28 * 28 * 16
+
 # Qwen2.5-VL's special tokens, in its order; the config's token ids are read from the tokenizer.
 SPECIAL_TOKENS = [
     "<|endoftext|>",

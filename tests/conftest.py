@@ -51,6 +51,7 @@ def ovr_server(tiny_model_path) -> Endpoint:
     """A real vLLM server started through ovr-serve on the tiny model, with an API key."""
     from ovr_serve.config import ServeConfig
     from ovr_serve.launch import start_server
+    from ovr_train.tiny_model import MAX_PIXELS as TINY_MAX_PIXELS
 
     key = "test-" + secrets.token_hex(8)
     os.environ["OVR_TEST_API_KEY"] = key
@@ -60,10 +61,7 @@ def ovr_server(tiny_model_path) -> Endpoint:
         api_key_env="OVR_TEST_API_KEY",
         cpu_kvcache_gib=1,
         startup_timeout=600,
-        # The tiny model learned its format on text only: a few image tokens leave it on track, but
-        # at the default limit a 320-pixel upload becomes ~100 image tokens and its greedy trace
-        # may never close (seen: '<think>\nI count1}.'). 16 patches (12 tokens) keep it answering.
-        max_pixels=28 * 28 * 16,
+        max_pixels=TINY_MAX_PIXELS,  # what the text-trained tiny model copes with
     )
     (ARTIFACTS / "logs").mkdir(parents=True, exist_ok=True)
     handle = start_server(cfg, log_path=ARTIFACTS / "logs" / f"ovr-serve-{cfg.port}.log")

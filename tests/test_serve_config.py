@@ -86,6 +86,19 @@ def test_offline_hub_points_at_the_demo(monkeypatch, capsys, tmp_path):
     assert len(err.strip().splitlines()) == 1 and "make demo" in err
 
 
+def test_demo_caps_images_at_what_the_tiny_model_copes_with(capsys, monkeypatch, tiny_model_path):
+    from ovr_train.tiny_model import MAX_PIXELS
+
+    monkeypatch.setenv("OVR_CACHE", str(tiny_model_path.parent))
+    code, out, err = _dry_run(capsys, "--demo")
+    cmd = _command_of(out)
+    limits = json.loads(cmd[cmd.index("--mm-processor-kwargs") + 1])
+    assert code == 0 and limits["max_pixels"] == MAX_PIXELS and "resized" in err
+    code, out, _ = _dry_run(capsys, "--model", str(tiny_model_path))  # no cap outside the demo
+    cmd = _command_of(out)
+    assert json.loads(cmd[cmd.index("--mm-processor-kwargs") + 1])["max_pixels"] > MAX_PIXELS
+
+
 def test_missing_model_dir_is_a_clear_error(capsys):
     code, _, err = _dry_run(capsys, "--model", "./no/such/checkpoint")
     assert code == 2 and "does not exist" in err
