@@ -292,6 +292,9 @@ def test_editing_an_earlier_question_cuts_the_chat_there_and_asks_again(page):
     page.wait_for_function(
         "!document.querySelector('#ovr-chat').innerText.includes('And circles?')", timeout=30_000
     )
+    # The cut shows before the new generation starts (the submit button is still there): wait for
+    # the answer to the edit, then for the end of it.
+    page.locator("#ovr-chat .thought-group").first.wait_for(timeout=60_000)
     wait_idle(page)
     users = page.locator("#ovr-chat .user-row")
     assert users.get_by_text(QUESTION).count() == 1
