@@ -52,13 +52,14 @@ def assistant_turn(
     }
 
 
-def trace_stats(turn: dict) -> list[str]:
-    """ "12.3 s", "456 tokens" for a trace; either left out when unknown (an imported conversation
-    from another tool has neither)."""
+def trace_stats(turn: dict, live: bool = False) -> list[str]:
+    """ "12.3 s", "456 tokens" for a trace. A ``live`` trace shows both, counting from zero; a
+    finished one leaves out what is unknown (an imported conversation from another tool has
+    neither)."""
     stats = []
-    if turn["seconds"] is not None:
-        stats.append(f"{turn['seconds']:.1f} s")
-    if turn["tokens"]:
+    if live or turn["seconds"] is not None:
+        stats.append(f"{turn['seconds'] or 0:.1f} s")
+    if live or turn["tokens"]:
         stats.append(f"{turn['tokens']} tokens")
     return stats
 

@@ -64,10 +64,7 @@ def _assistant_messages(turn: dict, streaming: bool) -> list[dict]:
     messages = []
     thinking = streaming and not turn["answer"] and not turn["finish_reason"]
     if turn["reasoning"] or thinking:
-        if thinking:  # live: both figures, from zero
-            stats = [f"{turn['seconds'] or 0:.1f} s", f"{turn['tokens']} tokens"]
-        else:
-            stats = trace_stats(turn)
+        stats = trace_stats(turn, live=thinking)
         if thinking:  # not tagged while it streams: the text would jump about
             content = escape_html(turn["reasoning"])
         else:
