@@ -139,9 +139,9 @@ def test_rl_checkpoint_is_served_by_ovr_serve_and_counts_unseen_images(tiny_rl_r
     from openai import OpenAI
 
     from ovr_serve.config import ServeConfig
-    from ovr_serve.format import extract_boxed
     from ovr_serve.launch import start_server
     from ovr_train.eval.loading import image_data_url
+    from ovr_train.rewards import grade_serial
     from ovr_train.synthetic import shape_counting_examples
     from tests.conftest import free_port
 
@@ -152,7 +152,7 @@ def test_rl_checkpoint_is_served_by_ovr_serve_and_counts_unseen_images(tiny_rl_r
     with start_server(cfg, log_path=tmp_path / "serve.log") as handle:
         client = OpenAI(base_url=handle.base_url, api_key="none")
 
-        def ask(example) -> str | None:
+        def ask(example) -> str:
             reply = client.chat.completions.create(
                 model=cfg.served_model_name,
                 messages=[
@@ -170,12 +170,14 @@ def test_rl_checkpoint_is_served_by_ovr_serve_and_counts_unseen_images(tiny_rl_r
                 max_tokens=48,
                 temperature=0,
             )
-            return extract_boxed(reply.choices[0].message.content or "")
+            return reply.choices[0].message.content or ""
 
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(ask, unseen))
     golds = [e["gold"] for e in unseen]
-    accuracy = sum(a == g for a, g in zip(answers, golds, strict=True)) / len(golds)
+    verdicts = grade_serial(answers, golds)  # the RL reward's own check
+    accuracy = sum(v.score for v in verdicts) / len(golds)
+    answers = [v.extracted for v in verdicts]
     commonest = Counter(golds).most_common(1)[0][1] / len(golds)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "unseen.json").write_text(
