@@ -47,7 +47,8 @@ bench-rl: setup
 bench-eval: setup
 	$(BIN)/python bench/eval.py
 
-lint:
+# Style, checked as CI checks it (never auto-fixed there).
+lint: setup-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 format:

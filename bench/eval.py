@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ovr_serve.config import ServeConfig  # noqa: E402
-from ovr_serve.format import format_completion  # noqa: E402
+from ovr_core.format import format_completion  # noqa: E402
 from ovr_serve.launch import start_server  # noqa: E402
-from ovr_train.eval.run import RunConfig, Sampling, run_eval  # noqa: E402
-from ovr_train.eval.samples import write_sample_benchmarks  # noqa: E402
-from ovr_train.rewards import Grader, grade_serial  # noqa: E402
+from ovr_eval.run import RunConfig, Sampling, run_eval  # noqa: E402
+from ovr_eval.samples import write_sample_benchmarks  # noqa: E402
+from ovr_core.grading import Grader, grade_serial  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 LEVELS = (1, 8, 32)

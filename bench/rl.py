@@ -119,7 +119,7 @@ def rollout(model_dir: Path, n: int, max_tokens: int) -> None:
 
 
 def rewards() -> None:
-    from ovr_serve.format import format_completion
+    from ovr_core.format import format_completion
 
     rng = random.Random(0)
     completions, answers = [], []
@@ -130,7 +130,8 @@ def rewards() -> None:
             format_completion("Let me think.", f"So \\boxed{{\\frac{{{2 * guess}}}{{2}}}}.")
         )
         answers.append(str(a))
-    from ovr_train.rewards import REWARDS, grade_serial
+    from ovr_core.grading import grade_serial
+    from ovr_train.rewards import REWARDS
 
     start = time.perf_counter()
     grade_serial(completions, answers)

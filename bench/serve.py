@@ -234,7 +234,7 @@ def _report(results: dict, args, device: str) -> None:
 
 def _parser_cost_us(tokens: int = 20000) -> float:
     """In-process cost of ``ReasoningStream`` (what the parser plugin runs) per streamed token."""
-    from ovr_serve.format import ReasoningStream
+    from ovr_core.format import ReasoningStream
 
     pieces = ["<th", "ink>"] + ["step "] * tokens + ["</th", "ink>", "\n\nSo \\boxed{4}."]
     stream = ReasoningStream()

@@ -29,7 +29,7 @@ MODES = {
 
 def long_tailed_rows(n: int, seed: int, max_words: int) -> list[dict]:
     """Synthetic traces whose lengths are log-normal: median ~60 tokens, tail to ~max_length."""
-    from ovr_train.synthetic import reasoning_examples
+    from ovr_core.synthetic import reasoning_examples
 
     rng = random.Random(seed)
     rows = []

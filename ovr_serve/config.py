@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ovr_core.wire import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_UI_PORT, SERVED_MODEL_NAME
+
 DEFAULT_MODEL = "Kangheng/OVR-7B-RL"
 GUARD_ENV = "OVR_GUARD_CONFIG"
 OPEN_ROUTES = ("/health", "/ping", "/metrics", "/version")  # reach no model: no key needed
@@ -27,15 +29,15 @@ class ServeConfig:
         default=DEFAULT_MODEL, metadata={"help": "Hub id or local checkpoint directory to serve."}
     )
     served_model_name: str = field(
-        default="ovr", metadata={"help": "Model name clients send (`model=` in the openai SDK)."}
+        default=SERVED_MODEL_NAME, metadata={"help": "Model name clients send (`model=` in the openai SDK)."}
     )
     host: str = field(
-        default="127.0.0.1",
+        default=DEFAULT_HOST,
         metadata={"help": "Address to listen on. Anything beyond loopback requires an API key."},
     )
-    port: int = field(default=8000, metadata={"help": "Port of the OpenAI-compatible endpoint."})
+    port: int = field(default=DEFAULT_PORT, metadata={"help": "Port of the OpenAI-compatible endpoint."})
     api_key_env: str = field(
-        default="OVR_API_KEY",
+        default=API_KEY_ENV,
         metadata={
             "help": "Environment variable holding the API key (never passed on a command line)."
         },
@@ -101,8 +103,8 @@ class ServeConfig:
     ui: bool = field(
         default=False, metadata={"help": "Also start the Gradio web UI against the endpoint."}
     )
-    ui_host: str = field(default="127.0.0.1", metadata={"help": "Address of the web UI."})
-    ui_port: int = field(default=7860, metadata={"help": "Port of the web UI."})
+    ui_host: str = field(default=DEFAULT_HOST, metadata={"help": "Address of the web UI."})
+    ui_port: int = field(default=DEFAULT_UI_PORT, metadata={"help": "Port of the web UI."})
     demo: bool = field(
         default=False,
         metadata={

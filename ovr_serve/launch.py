@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 
 from ovr_serve.config import ServeConfig, process_env, render_dry_run, vllm_command
-from ovr_serve.format import THINK_OPEN
+from ovr_core.format import THINK_OPEN
+from ovr_core.wire import API_KEY_ENV
 
 OVR_MAX_MODEL_LEN = 49152  # the RL curriculum's last stage (paper §4.1): 48k
 
@@ -101,16 +102,7 @@ def serve(cfg: ServeConfig, dry_run: bool = False) -> int:
 def resolve(cfg: ServeConfig) -> tuple[ServeConfig, str, bool, int]:
     """Fill in what `auto` means on this machine: model path, device, template, context length."""
     if cfg.demo:
-        from ovr_train.tiny_model import MAX_PIXELS, cached_tiny_model
-
-        cfg = replace(cfg, model=str(cached_tiny_model()))
-        if cfg.max_pixels > MAX_PIXELS:
-            print(
-                f"ovr-serve: demo model: images resized to at most {MAX_PIXELS} pixels"
-                " (the tiny test model loses its format on more image tokens)",
-                file=sys.stderr,
-            )
-            cfg = replace(cfg, max_pixels=MAX_PIXELS, min_pixels=min(cfg.min_pixels, MAX_PIXELS))
+        cfg = replace(cfg, model=str(demo_model_dir()))
     if not cfg.is_loopback() and not cfg.api_key():
         raise LaunchError(
             f"refusing to listen on {cfg.host} without an API key: export {cfg.api_key_env}=<a long random"
@@ -123,6 +115,7 @@ def resolve(cfg: ServeConfig) -> tuple[ServeConfig, str, bool, int]:
             f"cannot reach the model hub to download {cfg.model} (and it is not in the local cache);"
             " for the offline demo (tiny test model + web UI) run: make demo"
         )
+    cfg = _cap_pixels_at_checkpoint(cfg, local)
     think = _resolve_think_in_prompt(cfg, local)
     max_len = cfg.max_model_len or _default_max_model_len(local)
     return cfg, device, think, max_len
@@ -160,7 +153,8 @@ def start_server(
                 "--port",
                 str(cfg.ui_port),
             ]
-            ui_env = {**os.environ, "OVR_API_KEY": cfg.api_key() or ""}
+            # the UI reads the key from the one variable clients use, whatever the server read it from
+            ui_env = {**os.environ, API_KEY_ENV: cfg.api_key() or ""}
             handle.processes.append(_spawn(ui_cmd, ui_env, log))
             _wait_http(handle.processes[-1], handle.ui_url + "/", cfg.startup_timeout, "web UI")
     except BaseException:
@@ -221,6 +215,40 @@ def _installed(dist: str) -> bool:
         return True
     except importlib.metadata.PackageNotFoundError:
         return False
+
+
+def demo_model_dir() -> Path:
+    """The tiny test model's checkpoint, built on first use by ``ovr-train tiny-model --cached``.
+
+    A subprocess, not an import: serving does not depend on the training package's code, only on
+    the checkpoint it writes (which carries its own image cap in its processor config).
+    """
+    cmd = [sys.executable, "-m", "ovr_train.cli", "tiny-model", "--cached"]
+    try:
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise LaunchError(
+            f"could not build the demo model ({e}): it needs the training extra, "
+            "pip install -e '.[train]' (scripts/setup.sh installs it)"
+        ) from e
+    return Path(out.strip().splitlines()[-1])
+
+
+def _cap_pixels_at_checkpoint(cfg: ServeConfig, model_dir: Path) -> ServeConfig:
+    """Lower ``max_pixels`` to the checkpoint's own processor cap, saying so (the tiny model's is
+    16 merged patches: more image tokens derail its format)."""
+    try:
+        own = json.loads((model_dir / "preprocessor_config.json").read_text())
+    except (OSError, ValueError):
+        return cfg
+    cap = own.get("max_pixels") or (own.get("size") or {}).get("longest_edge")
+    if not isinstance(cap, int) or cap >= cfg.max_pixels:
+        return cfg
+    print(
+        f"ovr-serve: images resized to at most {cap} pixels (the checkpoint's own processor cap)",
+        file=sys.stderr,
+    )
+    return replace(cfg, max_pixels=cap, min_pixels=min(cfg.min_pixels, cap))
 
 
 def _local_model_dir(model: str) -> Path | None:

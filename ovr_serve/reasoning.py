@@ -4,7 +4,7 @@ Loaded by vLLM with ``--reasoning-parser-plugin ovr_serve.reasoning --reasoning-
 vLLM's own ``<think>`` parsers look the tags up as single vocabulary entries and refuse to start
 when a tokenizer lacks them (Qwen2.5-VL's added tokens do not include them), and they cannot
 handle a chat template that opens ``<think>`` in the prompt. This parser works from the text with
-``ovr_serve.format.ReasoningStream``, so streaming and non-streaming give the same split, and a
+``ovr_core.format.ReasoningStream``, so streaming and non-streaming give the same split, and a
 tag streamed in pieces is held back until it is whole.
 
 Whether the prompt already opened ``<think>`` is a server-wide fact of the chat template, decided
@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from vllm.entrypoints.generate.base.protocol import DeltaMessage
 from vllm.reasoning import ReasoningParser, ReasoningParserManager
 
-from ovr_serve.format import THINK_CLOSE, THINK_OPEN, ReasoningStream, split_reasoning
+from ovr_core.format import THINK_CLOSE, THINK_OPEN, ReasoningStream, split_reasoning
 
 THINK_IN_PROMPT_ENV = "OVR_THINK_IN_PROMPT"
 

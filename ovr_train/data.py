@@ -24,14 +24,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ovr_serve.format import (
+from ovr_core.format import (
     THINK_CLOSE,
     THINK_OPEN,
     boxed_contents,
     format_completion,
     split_reasoning,
-    wrap_gold,
 )
+from ovr_core.grading import wrap_gold
+from ovr_core.wire import reasoning_of
 
 # Rule name -> what it means; the order is the order of the report.
 RULES = {
@@ -221,7 +222,7 @@ def _read_shape(row: dict):
         if turns[-1]["role"] != "assistant":
             return turns, None, None, ""
         last = turns[-1]
-        thought = last.get("reasoning_content") or last.get("reasoning")
+        thought = reasoning_of(last)
         content = _text(last["content"])
         prompt = system + [{"role": t["role"], "content": t["content"]} for t in turns[:-1]]
         if thought:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from trl import GRPOConfig, GRPOTrainer, ModelConfig
 
-from ovr_serve.behaviours import BEHAVIOURS, count_behaviours
+from ovr_core.behaviours import BEHAVIOURS, count_behaviours
 from ovr_train.rl_sampling import DynamicSampling
 from ovr_train.training_common import (
     END_TOKENS,
@@ -57,7 +57,7 @@ class RLScriptArguments:
         default_factory=list,
         metadata={
             "help": "RL files (.jsonl/.json/.parquet: question, answer, optional image/images paths) "
-            "or hub datasets; 'synthetic-shapes:N' draws N shape-counting images (ovr_train.synthetic)"
+            "or hub datasets; 'synthetic-shapes:N' draws N shape-counting images (ovr_core.synthetic)"
         },
     )
     rewards: list[str] = field(
@@ -236,7 +236,7 @@ class OVRRLTrainer(SafeCheckpoints, DynamicSampling, GRPOTrainer):
 def reflection_counts(texts: list[str]) -> dict[str, float]:
     """Mean matches per completion of each cognitive behaviour's phrases ("wait", "let me
     re-check", "look at the image again", …): a cheap live proxy for what ``ovr-eval behaviours``
-    measures, from the same rules (``ovr_serve.behaviours``)."""
+    measures, from the same rules (``ovr_core.behaviours``)."""
     totals = dict.fromkeys(BEHAVIOURS, 0)
     for text in texts:
         for name, n in count_behaviours(text).items():
@@ -336,7 +336,7 @@ def build_rl_dataset(sources: list[str], on_bad_rows: str, max_rows: int | None)
 def materialise_sources(script_args: RLScriptArguments, output_dir: str) -> list[str]:
     """Data sources as paths; 'synthetic-shapes:N' is drawn once to ``output_dir/data/``."""
     from ovr_train.data import write_jsonl
-    from ovr_train.synthetic import shape_counting_examples
+    from ovr_core.synthetic import shape_counting_examples
 
     sources = []
     for source in script_args.dataset:
@@ -373,7 +373,7 @@ class RLCurves(TrainingCurves):
         ("completions/clipped_ratio", "truncation ratio"),
         ("dynamic_sampling/filtered_fraction", "filtered fraction (all-equal groups)"),
         ("entropy", "entropy"),
-        ("reflection", "behaviour phrases per response (ovr_serve.behaviours)"),
+        ("reflection", "behaviour phrases per response (ovr_core.behaviours)"),
         ("loss", "loss"),
         ("learning_rate", "learning rate"),
     ]

@@ -46,7 +46,7 @@ class SFTScriptArguments:
         default_factory=list,
         metadata={
             "help": "training files (.jsonl/.json/.parquet) or hub datasets (name[:split]); "
-            "'synthetic:N' generates N arithmetic/counting traces (ovr_train.synthetic)"
+            "'synthetic:N' generates N arithmetic/counting traces (ovr_core.synthetic)"
         },
     )
     on_bad_rows: str = field(
@@ -183,7 +183,7 @@ def _materialise_sources(script_args: SFTScriptArguments, output_dir: str) -> li
     from pathlib import Path
 
     from ovr_train.data import write_jsonl
-    from ovr_train.synthetic import reasoning_examples
+    from ovr_core.synthetic import reasoning_examples
 
     sources = []
     for source in script_args.dataset:

@@ -18,11 +18,9 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ovr_serve.format import THINK_CLOSE, THINK_OPEN
+from ovr_core.format import CHAT_TEMPLATE, THINK_CLOSE, THINK_OPEN
 
-TEMPLATE_PATH = (
-    Path(__file__).resolve().parent.parent / "ovr_serve" / "templates" / "qwen2_5_vl.jinja"
-)
+TEMPLATE_PATH = CHAT_TEMPLATE
 
 # The largest image the tiny model keeps its format with. It learned the format on text only, and a
 # few image tokens leave it on track, but at ~100 (a 320-pixel upload at the serving default) its
@@ -75,14 +73,7 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec | None = No
     The directory appears whole or not at all (built in a temporary sibling, then renamed).
     """
     import torch
-    from transformers import (
-        GenerationConfig,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     spec = spec or TinyModelSpec()
     out = Path(out_dir)
@@ -95,63 +86,13 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec | None = No
         tokenizer = _train_tokenizer(spec)
         tokenizer.chat_template = template
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-        head_dim = spec.hidden_size // spec.num_heads
-        config = Qwen2_5_VLConfig(
-            text_config={
-                "vocab_size": len(tokenizer),
-                "hidden_size": spec.hidden_size,
-                "intermediate_size": spec.intermediate_size,
-                "num_hidden_layers": spec.num_layers,
-                "num_attention_heads": spec.num_heads,
-                "num_key_value_heads": spec.num_kv_heads,
-                "max_position_embeddings": spec.max_position_embeddings,
-                "max_window_layers": spec.num_layers,
-                "rope_parameters": {
-                    "rope_type": "default",
-                    "rope_theta": 1000000.0,
-                    "mrope_section": _mrope_section(head_dim),
-                },
-                "bos_token_id": ids["<|endoftext|>"],
-                "eos_token_id": ids["<|im_end|>"],
-                "pad_token_id": ids["<|endoftext|>"],
-                "tie_word_embeddings": False,
-            },
-            vision_config={
-                "depth": spec.vision_depth,
-                "hidden_size": spec.vision_hidden_size,
-                "intermediate_size": spec.vision_hidden_size * 2,
-                "num_heads": spec.vision_heads,
-                "out_hidden_size": spec.hidden_size,
-                "fullatt_block_indexes": [spec.vision_depth - 1],
-            },
-            image_token_id=ids["<|image_pad|>"],
-            video_token_id=ids["<|video_pad|>"],
-            vision_start_token_id=ids["<|vision_start|>"],
-            vision_end_token_id=ids["<|vision_end|>"],
-            tie_word_embeddings=False,
-        )
-        config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
-        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
-        # Small images keep tests fast; the 7B recipe sets its own limits when serving.
-        image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
-        processor = Qwen2_5_VLProcessor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            video_processor=Qwen2VLVideoProcessor(),
-            chat_template=template,
-        )
+        model = Qwen2_5_VLForConditionalGeneration(_model_config(spec, len(tokenizer), ids))
+        model = model.to(torch.float32)
         if spec.format_steps:
             _teach_format(model, tokenizer, spec)
-        model.generation_config = GenerationConfig(
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-            pad_token_id=ids["<|endoftext|>"],
-            do_sample=True,
-            temperature=1.0,
-            top_p=1.0,
-        )
+        model.generation_config = _generation_config(ids)
         model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        _processor(tokenizer, template).save_pretrained(tmp)
         (tmp / "ovr_tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
         if out.exists():
             shutil.rmtree(out)
@@ -160,6 +101,76 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec | None = No
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _model_config(spec: TinyModelSpec, vocab_size: int, ids: dict[str, int]):
+    """Qwen2.5-VL's config at the spec's (tiny) sizes, with the tokenizer's special-token ids."""
+    from transformers import Qwen2_5_VLConfig
+
+    head_dim = spec.hidden_size // spec.num_heads
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": spec.hidden_size,
+            "intermediate_size": spec.intermediate_size,
+            "num_hidden_layers": spec.num_layers,
+            "num_attention_heads": spec.num_heads,
+            "num_key_value_heads": spec.num_kv_heads,
+            "max_position_embeddings": spec.max_position_embeddings,
+            "max_window_layers": spec.num_layers,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1000000.0,
+                "mrope_section": _mrope_section(head_dim),
+            },
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+            "tie_word_embeddings": False,
+        },
+        vision_config={
+            "depth": spec.vision_depth,
+            "hidden_size": spec.vision_hidden_size,
+            "intermediate_size": spec.vision_hidden_size * 2,
+            "num_heads": spec.vision_heads,
+            "out_hidden_size": spec.hidden_size,
+            "fullatt_block_indexes": [spec.vision_depth - 1],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    return config
+
+
+def _processor(tokenizer, template: str):
+    """The checkpoint's processor. Its ``max_pixels`` is the tiny model's image cap (``MAX_PIXELS``):
+    the one place a server reads it from (``ovr_serve.launch`` caps its own setting at it)."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=MAX_PIXELS),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=template,
+    )
+
+
+def _generation_config(ids: dict[str, int]):
+    """Sampling defaults saved with the checkpoint: stop at ``<|im_end|>``, plain sampling."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+    )
 
 
 def cached_tiny_model(
@@ -192,7 +203,7 @@ def _train_tokenizer(spec: TinyModelSpec):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
-    from ovr_train.synthetic import reasoning_examples
+    from ovr_core.synthetic import reasoning_examples
 
     corpus = []
     for ex in reasoning_examples(2000, seed=spec.seed):
@@ -230,7 +241,7 @@ def _teach_format(model, tokenizer, spec: TinyModelSpec) -> None:
     """A few hundred AdamW steps on synthetic chats, loss on the assistant turn only."""
     import torch
 
-    from ovr_train.synthetic import reasoning_examples
+    from ovr_core.synthetic import reasoning_examples
 
     examples = reasoning_examples(512, seed=spec.seed + 1)
     rows = []
@@ -267,7 +278,14 @@ def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="ovr-train tiny-model", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("out", help="directory to write the checkpoint to (replaced if present)")
+    parser.add_argument(
+        "out", nargs="?", help="directory to write the checkpoint to (replaced if present)"
+    )
+    parser.add_argument(
+        "--cached",
+        action="store_true",
+        help="print the path of the cached default tiny model (built on first use); no OUT",
+    )
     parser.add_argument(
         "--format-steps",
         type=int,
@@ -276,6 +294,11 @@ def cli(argv: list[str]) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.cached:
+        print(cached_tiny_model())
+        return 0
+    if not args.out:
+        parser.error("give OUT, or --cached")
     path = build_tiny_model(args.out, TinyModelSpec(format_steps=args.format_steps, seed=args.seed))
     print(f"tiny Qwen2.5-VL written to {path}\nserve it: ovr-serve --model {path}")
     return 0

@@ -1,11 +1,11 @@
-"""The rule-based behaviour detector (ovr_serve.behaviours) on hand-written traces with known labels,
+"""The rule-based behaviour detector (ovr_core.behaviours) on hand-written traces with known labels,
 the rates and transfer ratios built on it, and the LLM judge's count parsing."""
 
 from __future__ import annotations
 
 import pytest
 
-from ovr_serve.behaviours import (
+from ovr_core.behaviours import (
     BEHAVIOURS,
     TRANSFER_PAIRS,
     Span,
@@ -15,7 +15,7 @@ from ovr_serve.behaviours import (
     highlight,
     transfer_ratios,
 )
-from ovr_train.eval.behaviours import parse_count
+from ovr_eval.behaviours import parse_count
 
 # (behaviour, text that shows it): each must be found
 POSITIVE = [

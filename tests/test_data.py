@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ovr_serve.format import is_well_formed, split_reasoning
+from ovr_core.format import is_well_formed, split_reasoning
 from ovr_train.data import DataError, build_dataset, check_rows, normalize_row, write_jsonl
 
 GOOD = "<think>\n7 times 6 is 42.\n</think>\n\nThe answer is \\boxed{42}."

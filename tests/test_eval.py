@@ -11,12 +11,12 @@ import time
 import pytest
 from PIL import Image
 
-from ovr_train.eval.benchmarks import BENCHMARKS, LETTERS, DatasetError, get_benchmark
-from ovr_train.eval.cli import main
-from ovr_train.eval.loading import hub_reachable, image_data_url, load_items
-from ovr_train.eval.report import Run, comparison_rows, score_records, wilson
-from ovr_train.eval.run import join_completion
-from ovr_train.rewards import grade_completion
+from ovr_eval.benchmarks import BENCHMARKS, LETTERS, DatasetError, get_benchmark
+from ovr_eval.cli import main
+from ovr_eval.loading import hub_reachable, image_data_url, load_items
+from ovr_eval.report import Run, comparison_rows, score_records, wilson
+from ovr_eval.run import join_completion
+from ovr_core.grading import grade_completion
 from tests.conftest import free_port
 
 
@@ -389,7 +389,7 @@ def test_list_prints_every_benchmark_with_its_dataset_and_paper_numbers(capsys):
 
 
 def test_run_against_an_unreachable_endpoint_exits_2_with_one_line(tmp_path, capsys):
-    from ovr_train.eval.samples import write_sample_benchmarks
+    from ovr_eval.samples import write_sample_benchmarks
 
     data = write_sample_benchmarks(tmp_path / "b", n=1)
     url = f"http://127.0.0.1:{free_port()}/v1"

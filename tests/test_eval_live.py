@@ -13,9 +13,9 @@ import time
 import httpx
 import pytest
 
-from ovr_train.eval.cli import main
-from ovr_train.eval.run import RunConfig, Sampling, read_records, rescore, run_eval
-from ovr_train.eval.samples import write_sample_benchmarks
+from ovr_eval.cli import main
+from ovr_eval.run import RunConfig, Sampling, read_records, rescore, run_eval
+from ovr_eval.samples import write_sample_benchmarks
 
 pytestmark = pytest.mark.slow
 
@@ -141,7 +141,7 @@ def test_resumed_run_after_a_kill_asks_no_question_twice(ovr_server, tmp_path):
         "--no-progress",
     ]
     env = {**os.environ, "OPENAI_API_KEY": ovr_server.api_key}
-    proc = subprocess.Popen([sys.executable, "-m", "ovr_train.eval.cli", *args], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "ovr_eval.cli", *args], env=env)
     path = out / "math500.jsonl"
     try:
         deadline = time.monotonic() + 300

@@ -6,15 +6,15 @@ import random
 
 import pytest
 
-from ovr_serve.format import (
+from ovr_core.format import (
     ReasoningStream,
     boxed_contents,
     extract_boxed,
     format_completion,
     is_well_formed,
     split_reasoning,
-    wrap_gold,
 )
+from ovr_core.grading import wrap_gold
 
 # text, think_in_prompt, expected (reasoning, answer, closed, had_reasoning)
 SPLIT_CASES = [

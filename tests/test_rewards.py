@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from ovr_train.rewards import REWARDS, Grader, choice_letter, grade_completion, grade_serial
+from ovr_core.grading import Grader, choice_letter, grade_completion, grade_serial
+from ovr_train.rewards import REWARDS
 
 
 def done(answer: str) -> str:

@@ -140,9 +140,9 @@ def test_rl_checkpoint_is_served_by_ovr_serve_and_counts_unseen_images(tiny_rl_r
 
     from ovr_serve.config import ServeConfig
     from ovr_serve.launch import start_server
-    from ovr_train.eval.loading import image_data_url
-    from ovr_train.rewards import grade_serial
-    from ovr_train.synthetic import shape_counting_examples
+    from ovr_eval.loading import image_data_url
+    from ovr_core.grading import grade_serial
+    from ovr_core.synthetic import shape_counting_examples
     from tests.conftest import free_port
 
     unseen = shape_counting_examples(60, seed=12345)

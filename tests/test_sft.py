@@ -103,8 +103,8 @@ def test_tiny_recipe_teaches_the_format(tiny_run):
     """Greedy answers to unseen questions: <think>…</think> then a boxed answer."""
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-    from ovr_serve.format import is_well_formed
-    from ovr_train.synthetic import reasoning_examples
+    from ovr_core.format import is_well_formed
+    from ovr_core.synthetic import reasoning_examples
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_run)
     model = AutoModelForImageTextToText.from_pretrained(tiny_run, dtype=torch.float32).eval()

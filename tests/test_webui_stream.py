@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from ovr_serve.format import split_reasoning
+from ovr_core.format import split_reasoning
 from webui.stream import TurnStream, UpdateThrottle, delta_fields
 
 TRACE = "The image shows 3 circles </thi and 2 squares; count the circles: 3."

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from ovr_serve.format import THINK_OPEN
+from ovr_core.format import THINK_OPEN
+from ovr_core.wire import SAMPLING
 from webui import conversation as conv
 from webui.example_images import EXAMPLES_DIR, example_paths
 from webui.render import to_chatbot, turn_of_message
@@ -24,7 +25,7 @@ from webui.settings import UISettings, auth_check, parse_settings
 from webui.stream import TurnStream, UpdateThrottle
 from webui.upstream import Endpoint, describe_error, list_models, stream_turn
 
-MAX_TOKENS_CAP = 32768
+MAX_TOKENS_CAP = SAMPLING.max_tokens
 LATEX = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "\\[", "right": "\\]", "display": True},
@@ -83,9 +84,9 @@ def build_app(settings: UISettings) -> gr.Blocks:
             refresh = gr.Button("Refresh model list", size="sm")
             system = gr.Textbox(label="System prompt", lines=3, elem_id="ovr-system")
             temperature = gr.Slider(
-                0.0, 2.0, value=0.6, step=0.05, label="Temperature", elem_id="ovr-temperature"
+                0.0, 2.0, value=SAMPLING.temperature, step=0.05, label="Temperature", elem_id="ovr-temperature"
             )
-            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+            top_p = gr.Slider(0.05, 1.0, value=SAMPLING.top_p, step=0.05, label="Top-p")
             max_tokens = gr.Slider(
                 64,
                 MAX_TOKENS_CAP,

@@ -20,7 +20,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from ovr_serve.format import format_completion, split_reasoning
+from ovr_core.format import format_completion, split_reasoning
+from ovr_core.wire import reasoning_of
 
 THINKING_TITLE = "Thinking"
 TRUNCATED_TITLE = "Thinking — cut off by the token limit"
@@ -186,7 +187,7 @@ def import_json(text: str, image_dir: str | Path | None = None) -> tuple[list[di
             images = [_save_image(url, image_dir) for url in _image_urls(content)]
             conversation.append(user_turn(text_of(content), images))
         elif role == "assistant":
-            reasoning = message.get("reasoning") or message.get("reasoning_content") or ""
+            reasoning = reasoning_of(message)
             answer = text_of(content)
             if not reasoning:
                 split = split_reasoning(answer)

@@ -14,8 +14,8 @@ import functools
 import re
 from pathlib import Path
 
-from ovr_serve.behaviours import find_behaviours, highlight
-from ovr_serve.format import boxed_spans, extract_boxed
+from ovr_core.behaviours import find_behaviours, highlight
+from ovr_core.format import boxed_spans, extract_boxed
 from webui.conversation import THINKING_TITLE, TRUNCATED_TITLE, is_truncated, trace_stats
 
 _CODE = re.compile(r"(```.*?(?:```|\Z)|`[^`\n]*`)", re.S)

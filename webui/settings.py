@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ovr_core.wire import API_KEY_ENV, DEFAULT_ENDPOINT, DEFAULT_HOST, DEFAULT_UI_PORT
 from webui.stream import UPDATE_INTERVAL_S
 
 DEFAULT_MAX_TOKENS = 16384  # OVR-7B traces often run to several thousand tokens
@@ -21,11 +22,11 @@ DEFAULT_MAX_TOKENS = 16384  # OVR-7B traces often run to several thousand tokens
 class UISettings:
     """Everything the app needs to know, from the command line and the environment."""
 
-    endpoint: str = "http://127.0.0.1:8000/v1"
+    endpoint: str = DEFAULT_ENDPOINT
     model: str | None = None
     api_key: str | None = field(default=None, repr=False)
-    host: str = "127.0.0.1"
-    port: int = 7860
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_UI_PORT
     root_path: str | None = None
     auth: list[tuple[str, str]] | None = field(default=None, repr=False)
     concurrency: int = 16
@@ -82,7 +83,7 @@ def parse_settings(argv: list[str] | None = None) -> UISettings:
     return UISettings(
         endpoint=a.endpoint.rstrip("/"),
         model=a.model,
-        api_key=os.environ.get("OVR_API_KEY") or None,
+        api_key=os.environ.get(API_KEY_ENV) or None,
         host=a.host,
         port=a.port,
         root_path=a.root_path,

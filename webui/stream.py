@@ -3,7 +3,7 @@
 Servers disagree on where the trace goes: vLLM ≥ 0.13 sends ``delta.reasoning``, older vLLM and
 SGLang send ``delta.reasoning_content``, and a server without a reasoning parser leaves
 ``<think>…</think>`` inline in ``delta.content``. ``TurnStream`` reads all three; the inline case
-goes through ``ovr_serve.format.ReasoningStream`` (the one owner of the tag rules), and a
+goes through ``ovr_core.format.ReasoningStream`` (the one owner of the tag rules), and a
 ``</think>`` in the content with no opening tag (a template that opened ``<think>`` in the prompt,
 or a continued trace) re-reads the content as reasoning up to that tag.
 
@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ovr_serve.format import THINK_CLOSE, ReasoningStream
+from ovr_core.format import THINK_CLOSE, ReasoningStream
+from ovr_core.wire import reasoning_of
 
 UPDATE_INTERVAL_S = 0.08  # ~12 updates/s: smooth to the eye, cheap for the browser
 
@@ -46,7 +47,7 @@ def delta_fields(chunk) -> DeltaFields:
         return out
     delta = get(choice, "delta") or {}
     out.content = get(delta, "content") or ""
-    out.reasoning = get(delta, "reasoning") or get(delta, "reasoning_content") or ""
+    out.reasoning = reasoning_of(delta)
     out.finish_reason = get(choice, "finish_reason")
     logprobs = get(choice, "logprobs")
     out.tokens = "".join(get(t, "token") or "" for t in (get(logprobs, "content") or []))

@@ -17,8 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-from ovr_train.eval.benchmarks import BENCHMARKS, DatasetError
-from ovr_train.eval.run import EndpointError, RunConfig, Sampling
+from ovr_core.wire import API_KEY_ENV
+from ovr_eval.benchmarks import BENCHMARKS, DatasetError
+from ovr_eval.run import EndpointError, RunConfig, Sampling
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--bench", required=True, help=f"comma-separated: {','.join(BENCHMARKS)}")
     r.add_argument("--out", required=True, type=Path, help="run folder (run again to resume)")
     r.add_argument(
-        "--api-key", default=os.environ.get("OPENAI_API_KEY"), help="default: $OPENAI_API_KEY"
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV) or os.environ.get("OPENAI_API_KEY"),
+        help=f"the endpoint's key; default: ${API_KEY_ENV} (what ovr-serve reads), else $OPENAI_API_KEY",
     )
     r.add_argument(
         "--data",
@@ -106,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from ovr_train.eval.run import run_eval
+    from ovr_eval.run import run_eval
 
     data = {}
     for spec in args.data:
@@ -146,7 +149,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_rescore(args) -> int:
-    from ovr_train.eval.run import rescore
+    from ovr_eval.run import rescore
 
     for run in args.runs:
         if not run.is_dir():
@@ -157,7 +160,7 @@ def cmd_rescore(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ovr_train.eval.report import load_run, print_report, write_report
+    from ovr_eval.report import load_run, print_report, write_report
 
     runs = [load_run(r) for r in args.runs]
     print_report(runs)
@@ -170,8 +173,8 @@ def cmd_behaviours(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ovr_serve.behaviours import BEHAVIOURS, TRANSFER_PAIRS
-    from ovr_train.eval.behaviours import behaviour_table, examples
+    from ovr_core.behaviours import BEHAVIOURS, TRANSFER_PAIRS
+    from ovr_eval.behaviours import behaviour_table, examples
 
     if not args.run.is_dir():
         raise FileNotFoundError(f"no run folder {args.run}")

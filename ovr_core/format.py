@@ -16,10 +16,13 @@ Splitting rule (streaming and whole text give the same result, by construction):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 BOXED = "\\boxed"
+# The chat template every OVR checkpoint is served and trained with (opens <think> in the prompt).
+CHAT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "qwen2_5_vl.jinja"
 
 __all__ = [
     "THINK_OPEN",
@@ -32,8 +35,6 @@ __all__ = [
     "extract_boxed",
     "is_well_formed",
     "format_completion",
-    "wrap_gold",
-    "answer_matches",
 ]
 
 
@@ -88,11 +89,6 @@ class ReasoningStream:
     def closed(self) -> bool:
         """True once ``</think>`` has been seen."""
         return self._closed
-
-    @property
-    def in_answer(self) -> bool:
-        """True once the stream is past the reasoning (or never had one)."""
-        return self._state == self._ANSWER
 
     @property
     def answer_started(self) -> bool:
@@ -217,39 +213,3 @@ def is_well_formed(text: str, think_in_prompt: bool = False) -> bool:
 def format_completion(reasoning: str, answer: str) -> str:
     """Write a completion in the OVR format (used to build training targets)."""
     return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n\n{answer.strip()}"
-
-
-def wrap_gold(gold: str) -> str:
-    """Put a gold answer in ``\\boxed{}`` unless it already is (math-verify misreads bare LaTeX)."""
-    gold = gold.strip()
-    if BOXED in gold or gold.startswith("$"):
-        return gold
-    return f"${BOXED}{{{gold}}}$"
-
-
-def answer_matches(completion: str, gold: str, think_in_prompt: bool = False) -> bool:
-    """True when the completion's last ``\\boxed{}`` equals ``gold`` under math-verify.
-
-    Only the answer part counts (a box inside the reasoning is not an answer); no box, or a trace
-    never closed, is False. math-verify's own timeouts are off (they rely on ``signal.alarm``,
-    which fails off the main thread): callers that face untrusted output run this in a worker
-    process with a hard limit (see ``ovr_train.rewards``).
-    """
-    import logging
-
-    from math_verify import parse, verify
-
-    split = split_reasoning(completion, think_in_prompt)
-    if split.had_reasoning and not split.closed:
-        return False
-    boxed = extract_boxed(split.answer)
-    if boxed is None:
-        return False
-    logging.getLogger("math_verify").setLevel(
-        logging.ERROR
-    )  # it warns on every call without timeouts
-    gold_parsed = parse(wrap_gold(gold), parsing_timeout=None)
-    pred_parsed = parse(f"${BOXED}{{{boxed}}}$", parsing_timeout=None)
-    if not gold_parsed or not pred_parsed:
-        return gold.strip() == boxed.strip()
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))

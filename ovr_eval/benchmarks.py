@@ -5,7 +5,7 @@ paper's numbers, and a ``to_item`` function that turns one dataset row into an `
 images, gold, options). The grading rule is shared with the RL reward (``ovr_train.rewards``):
 math-verify on the ``\\boxed{}`` answer, or, when an item has ``choices``, the option letter.
 
-Loading (local files in each dataset's public format, or the hub) is ``ovr_train.eval.loading``.
+Loading (local files in each dataset's public format, or the hub) is ``ovr_eval.loading``.
 """
 
 from __future__ import annotations

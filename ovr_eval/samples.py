@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-from ovr_train.synthetic import arithmetic_example, shape_counting_example
+from ovr_core.synthetic import arithmetic_example, shape_counting_example
 
 
 def write_sample_benchmarks(folder: str | Path, n: int = 8, seed: int = 0) -> dict[str, Path]:

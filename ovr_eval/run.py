@@ -21,10 +21,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ovr_serve.format import THINK_CLOSE, THINK_OPEN
-from ovr_train.eval.benchmarks import Item, get_benchmark
-from ovr_train.eval.loading import load_items
-from ovr_train.rewards import Grader
+from ovr_core.format import THINK_CLOSE, THINK_OPEN
+from ovr_core.wire import API_KEY_ENV, SAMPLING, reasoning_of
+from ovr_eval.benchmarks import Item, get_benchmark
+from ovr_eval.loading import load_items
+from ovr_core.grading import Grader
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,9 @@ class EndpointError(RuntimeError):
 class Sampling:
     """Generation settings sent with every question (see the module docstring for the choice)."""
 
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int | None = 32768
+    temperature: float = SAMPLING.temperature
+    top_p: float = SAMPLING.top_p
+    max_tokens: int | None = SAMPLING.max_tokens
     seed: int | None = None
 
 
@@ -110,7 +111,7 @@ def check_endpoint(endpoint: str, model: str, api_key: str | None) -> dict:
         ) from e
     if r.status_code in (401, 403):
         raise EndpointError(
-            f"{url} refused the API key (HTTP {r.status_code}); pass --api-key or set OPENAI_API_KEY"
+            f"{url} refused the API key (HTTP {r.status_code}); pass --api-key or set {API_KEY_ENV}"
         )
     if r.status_code != 200:
         raise EndpointError(f"{url} answered HTTP {r.status_code}: {r.text[:200]}")
@@ -234,9 +235,7 @@ async def _ask(client, model: str, sampling: Sampling, bench: str, item: Item) -
     latency = time.perf_counter() - start
     choice = response.choices[0]
     message = choice.message.model_dump()
-    reasoning = message.get("reasoning") or message.get(
-        "reasoning_content"
-    )  # new and old wire names
+    reasoning = reasoning_of(message) or None
     answer = message.get("content") or ""
     usage = response.usage
     return {

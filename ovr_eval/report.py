@@ -15,8 +15,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ovr_train.eval.benchmarks import BENCHMARKS
-from ovr_train.eval.run import read_records
+from ovr_eval.benchmarks import BENCHMARKS
+from ovr_eval.run import read_records
 
 PAPER_COLUMNS = ("Qwen2.5-VL-7B", "OVR-7B-ColdStart", "OVR-7B-RL")
 

@@ -2,7 +2,7 @@
 
 The judge follows the paper's protocol (GPT-4o with one prompt per behaviour, answering with a count
 in ``<count>N</count>``) against any OpenAI-compatible endpoint; the rules come from
-``ovr_serve.behaviours`` (the same module the web UI uses to tag a trace). A judge answer without a
+``ovr_core.behaviours`` (the same module the web UI uses to tag a trace). A judge answer without a
 readable count, or a request that failed after retries, is never read as 0: that judgment is left
 out of the behaviour's rate and counted (``unparseable`` / ``failed`` per benchmark).
 """
@@ -14,7 +14,7 @@ import logging
 import re
 from pathlib import Path
 
-from ovr_serve.behaviours import (
+from ovr_core.behaviours import (
     BEHAVIOURS,
     count_behaviours,
     emergence_rates,
@@ -22,7 +22,7 @@ from ovr_serve.behaviours import (
     highlight,
     transfer_ratios,
 )
-from ovr_train.eval.run import check_endpoint, read_records
+from ovr_eval.run import check_endpoint, read_records
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import random
 
-from ovr_serve.format import format_completion
+from ovr_core.format import format_completion
 
-WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 
 
 def arithmetic_example(rng: random.Random) -> dict:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from ovr_train.eval.benchmarks import Benchmark, DatasetError, Item
+from ovr_eval.benchmarks import Benchmark, DatasetError, Item
 
 
 def load_items(
