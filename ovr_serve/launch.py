@@ -237,18 +237,29 @@ def demo_model_dir() -> Path:
 def _cap_pixels_at_checkpoint(cfg: ServeConfig, model_dir: Path) -> ServeConfig:
     """Lower ``max_pixels`` to the checkpoint's own processor cap, saying so (the tiny model's is
     16 merged patches: more image tokens derail its format)."""
-    try:
-        own = json.loads((model_dir / "preprocessor_config.json").read_text())
-    except (OSError, ValueError):
-        return cfg
-    cap = own.get("max_pixels") or (own.get("size") or {}).get("longest_edge")
-    if not isinstance(cap, int) or cap >= cfg.max_pixels:
+    cap = checkpoint_max_pixels(model_dir)
+    if cap is None or cap >= cfg.max_pixels:
         return cfg
     print(
         f"ovr-serve: images resized to at most {cap} pixels (the checkpoint's own processor cap)",
         file=sys.stderr,
     )
     return replace(cfg, max_pixels=cap, min_pixels=min(cfg.min_pixels, cap))
+
+
+def checkpoint_max_pixels(model_dir: Path) -> int | None:
+    """The image cap a checkpoint's processor declares: ``max_pixels``, or ``size.longest_edge``
+    (a pixel count in transformers 5), in ``preprocessor_config.json`` or ``processor_config.json``."""
+    for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        try:
+            own = json.loads((model_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        own = own.get(key, {}) if key else own
+        cap = own.get("max_pixels") or (own.get("size") or {}).get("longest_edge")
+        if isinstance(cap, int):
+            return cap
+    return None
 
 
 def _local_model_dir(model: str) -> Path | None:

@@ -51,7 +51,6 @@ def ovr_server(tiny_model_path) -> Endpoint:
     """A real vLLM server started through ovr-serve on the tiny model, with an API key."""
     from ovr_serve.config import ServeConfig
     from ovr_serve.launch import start_server
-    from ovr_train.tiny_model import MAX_PIXELS as TINY_MAX_PIXELS
 
     key = "test-" + secrets.token_hex(8)
     os.environ["OVR_TEST_API_KEY"] = key
@@ -61,7 +60,6 @@ def ovr_server(tiny_model_path) -> Endpoint:
         api_key_env="OVR_TEST_API_KEY",
         cpu_kvcache_gib=1,
         startup_timeout=600,
-        max_pixels=TINY_MAX_PIXELS,  # what the text-trained tiny model copes with
     )
     (ARTIFACTS / "logs").mkdir(parents=True, exist_ok=True)
     handle = start_server(cfg, log_path=ARTIFACTS / "logs" / f"ovr-serve-{cfg.port}.log")

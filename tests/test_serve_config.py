@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import shlex
 import subprocess
 import sys
@@ -86,17 +87,27 @@ def test_offline_hub_points_at_the_demo(monkeypatch, capsys, tmp_path):
     assert len(err.strip().splitlines()) == 1 and "make demo" in err
 
 
-def test_demo_caps_images_at_what_the_tiny_model_copes_with(capsys, monkeypatch, tiny_model_path):
-    from ovr_train.tiny_model import MAX_PIXELS
+def test_images_capped_at_the_checkpoints_own_processor_cap(
+    capsys, monkeypatch, tiny_model_path, tmp_path
+):
+    from ovr_serve.launch import checkpoint_max_pixels
 
+    cap = checkpoint_max_pixels(tiny_model_path)  # the tiny model's processor says 16 patches
+    assert cap == 28 * 28 * 16
     monkeypatch.setenv("OVR_CACHE", str(tiny_model_path.parent))
-    code, out, err = _dry_run(capsys, "--demo")
+    for args in (["--demo"], ["--model", str(tiny_model_path)]):
+        code, out, err = _dry_run(capsys, *args)
+        cmd = _command_of(out)
+        limits = json.loads(cmd[cmd.index("--mm-processor-kwargs") + 1])
+        assert code == 0 and limits["max_pixels"] == cap and "resized" in err
+    # a checkpoint whose processor sets no lower cap keeps the serving default
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model_path, plain)
+    (plain / "processor_config.json").unlink()
+    code, out, err = _dry_run(capsys, "--model", str(plain))
     cmd = _command_of(out)
-    limits = json.loads(cmd[cmd.index("--mm-processor-kwargs") + 1])
-    assert code == 0 and limits["max_pixels"] == MAX_PIXELS and "resized" in err
-    code, out, _ = _dry_run(capsys, "--model", str(tiny_model_path))  # no cap outside the demo
-    cmd = _command_of(out)
-    assert json.loads(cmd[cmd.index("--mm-processor-kwargs") + 1])["max_pixels"] > MAX_PIXELS
+    assert json.loads(cmd[cmd.index("--mm-processor-kwargs") + 1])["max_pixels"] > cap
+    assert "resized" not in err
 
 
 def test_missing_model_dir_is_a_clear_error(capsys):
