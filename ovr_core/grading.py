@@ -363,7 +363,9 @@ def number_of(text: str) -> float | None:
     """The number ``text`` states ("1,234", "12.5 cm", "50\\%", "2π", "\\frac{1}{2}"), or None."""
     text = unwrap_text(clean_answer(str(text))).replace("π", "\\pi")
     plain = text.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", text) else text
-    m = re.fullmatch(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?:\\?%|[a-zA-Z ]{0,12})", plain)
+    m = re.fullmatch(
+        r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?:\\?%|[a-zA-Z ]{0,12})", plain
+    )
     if m:
         return float(m.group(1))
     return _sympy_number(text)

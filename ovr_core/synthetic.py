@@ -11,7 +11,6 @@ import random
 from ovr_core.format import format_completion
 
 
-
 def arithmetic_example(rng: random.Random) -> dict:
     """One question with a short step-by-step trace and a boxed answer."""
     a, b = rng.randint(1, 9), rng.randint(1, 9)

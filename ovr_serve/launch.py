@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 
-from ovr_serve.config import ServeConfig, process_env, render_dry_run, vllm_command
 from ovr_core.format import THINK_OPEN
 from ovr_core.wire import API_KEY_ENV
+from ovr_serve.config import ServeConfig, process_env, render_dry_run, vllm_command
 
 OVR_MAX_MODEL_LEN = 49152  # the RL curriculum's last stage (paper §4.1): 48k
 

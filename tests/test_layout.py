@@ -47,7 +47,9 @@ def test_imports_flow_one_way(package):
         for name in _imports(path) & set(PACKAGES):
             if name != package and name not in ALLOWED[package]:
                 bad.append(f"{path.relative_to(ROOT)} imports {name}")
-    assert not bad, f"{package} may import only {sorted(ALLOWED[package]) or 'nothing of ours'}: {bad}"
+    assert not bad, (
+        f"{package} may import only {sorted(ALLOWED[package]) or 'nothing of ours'}: {bad}"
+    )
 
 
 def test_the_rule_catches_an_upward_import(tmp_path):
