@@ -11,14 +11,33 @@ import json
 import os
 import shlex
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ovr_core.wire import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_UI_PORT, SERVED_MODEL_NAME
+from ovr_core.wire import (
+    API_KEY_ENV,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_UI_PORT,
+    SERVED_MODEL_NAME,
+)
 
 DEFAULT_MODEL = "Kangheng/OVR-7B-RL"
 GUARD_ENV = "OVR_GUARD_CONFIG"
-OPEN_ROUTES = ("/health", "/ping", "/metrics", "/version")  # reach no model: no key needed
+# The routes the guard lets through; every other path is 404 for every client (vLLM 0.32 also
+# registers admin, debug and other-API routes, e.g. /scale_elastic_ep, that OVR does not serve).
+OPEN_ROUTES = ("/health", "/ping", "/metrics", "/version")  # GET, reach no model: no key needed
+API_ROUTES = (  # "METHOD /path", each needs the API key
+    "POST /v1/chat/completions",
+    "POST /v1/completions",
+    "GET /v1/models",
+    "POST /tokenize",
+    "POST /detokenize",
+)
+MAX_JSON_DEPTH = 64  # an OpenAI chat request nests about 6 deep
+# vLLM fetches any http(s) media URL when --allowed-media-domains is empty; a name no URL's host
+# can have (parentheses are not allowed in host names) makes its own check refuse every URL.
+NO_MEDIA_DOMAIN = "(none)"
 
 
 @dataclass
@@ -29,13 +48,16 @@ class ServeConfig:
         default=DEFAULT_MODEL, metadata={"help": "Hub id or local checkpoint directory to serve."}
     )
     served_model_name: str = field(
-        default=SERVED_MODEL_NAME, metadata={"help": "Model name clients send (`model=` in the openai SDK)."}
+        default=SERVED_MODEL_NAME,
+        metadata={"help": "Model name clients send (`model=` in the openai SDK)."},
     )
     host: str = field(
         default=DEFAULT_HOST,
         metadata={"help": "Address to listen on. Anything beyond loopback requires an API key."},
     )
-    port: int = field(default=DEFAULT_PORT, metadata={"help": "Port of the OpenAI-compatible endpoint."})
+    port: int = field(
+        default=DEFAULT_PORT, metadata={"help": "Port of the OpenAI-compatible endpoint."}
+    )
     api_key_env: str = field(
         default=API_KEY_ENV,
         metadata={
@@ -117,6 +139,13 @@ class ServeConfig:
     vllm_args: list[str] = field(
         default_factory=list, metadata={"help": "Extra flags passed to `vllm serve` as they are."}
     )
+    extra_routes: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "vLLM routes to open beyond OVR's allowlist, e.g. /v1/embeddings (each still"
+            " needs the API key). Default: none."
+        },
+    )
 
     def is_loopback(self) -> bool:
         """True when the endpoint listens on this machine only."""
@@ -136,17 +165,51 @@ class ServeConfig:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}/v1"
 
-    def guard_settings(self) -> dict:
+    def guard_settings(self) -> GuardSettings:
         """What the request guard inside the server enforces (no secrets: the key goes by env)."""
-        return {
-            "api_key_env": self.api_key_env,
-            "open_routes": list(OPEN_ROUTES),
-            "max_images": self.max_images,
-            "max_image_bytes": self.max_image_bytes,
-            "max_image_input_pixels": self.max_image_input_pixels,
-            "allowed_media_domains": list(self.allowed_media_domains),
-            "allowed_local_media_path": self.allowed_local_media_path,
-        }
+        return GuardSettings(
+            api_key_env=self.api_key_env,
+            open_routes=OPEN_ROUTES,
+            api_routes=API_ROUTES,
+            extra_routes=tuple(self.extra_routes),
+            max_images=self.max_images,
+            max_image_bytes=self.max_image_bytes,
+            max_image_input_pixels=self.max_image_input_pixels,
+            max_json_depth=MAX_JSON_DEPTH,
+            allowed_media_domains=tuple(self.allowed_media_domains),
+            allowed_local_media_path=self.allowed_local_media_path,
+        )
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The guard's settings, built by ``ServeConfig.guard_settings`` (no defaults here) and sent to
+    the server process as JSON in ``GUARD_ENV``."""
+
+    api_key_env: str
+    open_routes: tuple[str, ...]
+    api_routes: tuple[str, ...]
+    extra_routes: tuple[str, ...]
+    max_images: int
+    max_image_bytes: int
+    max_image_input_pixels: int
+    max_json_depth: int
+    allowed_media_domains: tuple[str, ...]
+    allowed_local_media_path: str | None
+
+    def to_json(self) -> str:
+        """The settings as the JSON the server process reads."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> GuardSettings:
+        """Parse what ``to_json`` wrote; a missing or unknown key is an error, not a default."""
+        data = json.loads(text)
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"{GUARD_ENV}: expected keys {sorted(names)}, got {sorted(data)}")
+        tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
+        return cls(**{**data, **tuples})
 
 
 def vllm_command(
@@ -159,14 +222,15 @@ def vllm_command(
     cmd += ["--max-model-len", str(max_model_len)]
     cmd += ["--reasoning-parser-plugin", "ovr_serve.reasoning", "--reasoning-parser", "ovr"]
     cmd += ["--middleware", "ovr_serve.guard.RequestGuard"]
+    cmd += ["--middleware", "ovr_serve.request_log.RequestLog"]  # outermost: logs refusals too
     cmd += ["--limit-mm-per-prompt", json.dumps({"image": cfg.max_images, "video": 0})]
     cmd += [
         "--mm-processor-kwargs",
         json.dumps({"max_pixels": cfg.max_pixels, "min_pixels": cfg.min_pixels}),
     ]
     cmd += ["--generation-config", "auto"]
-    if cfg.allowed_media_domains:
-        cmd += ["--allowed-media-domains", *cfg.allowed_media_domains]
+    # vLLM's own media checks stand behind the guard's: no domain, no folder unless allowed.
+    cmd += ["--allowed-media-domains", *(cfg.allowed_media_domains or [NO_MEDIA_DOMAIN])]
     if cfg.allowed_local_media_path:
         cmd += ["--allowed-local-media-path", cfg.allowed_local_media_path]
     if cfg.chat_template:
@@ -184,9 +248,17 @@ def vllm_command(
 def child_env(cfg: ServeConfig, device: str, think_in_prompt: bool) -> dict[str, str]:
     """Environment settings the server process gets on top of ours (no secret values)."""
     env = {
-        GUARD_ENV: json.dumps(cfg.guard_settings()),
+        GUARD_ENV: cfg.guard_settings().to_json(),
         "OVR_THINK_IN_PROMPT": "1" if think_in_prompt else "0",
         "VLLM_NO_USAGE_STATS": "1",
+        # vLLM's side of the media policy, whatever the guard saw: an allowed domain may not
+        # redirect elsewhere, no fetched media is cached across requests, no image is decoded
+        # beyond the pixel limit, and no debug or dev routes are registered at all.
+        "VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0",
+        "VLLM_MEDIA_CACHE": "",
+        "VLLM_MEDIA_CONNECTOR": "http",
+        "VLLM_MAX_IMAGE_PIXELS": str(cfg.max_image_input_pixels),
+        "VLLM_SERVER_DEV_MODE": "0",
     }
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_gib)

