@@ -1,9 +1,13 @@
 """The benchmarks of the paper's tables: where each lives, how it is asked, how it is graded.
 
 Each benchmark is one ``Benchmark`` entry: its public dataset id (hub path, config, splits), the
-paper's numbers, and a ``to_item`` function that turns one dataset row into an ``Item`` (prompt,
-images, gold, options). The grading rule is shared with the RL reward (``ovr_train.rewards``):
-math-verify on the ``\\boxed{}`` answer, or, when an item has ``choices``, the option letter.
+paper's numbers, a ``to_item`` function that turns one dataset row into an ``Item`` (prompt,
+images, gold, options, grading rule), and the answer rule of its **official scorer**
+(``official``, with the ``source`` it follows). The rules themselves live in ``ovr_core.grading``
+(``RULES``), shared with the RL reward; every item names its rule (``Item.rule``). Where the
+official scorer is a model judge (``judge``: MathVerse, CharXiv, MathVista's extraction step),
+``ovr-eval run/rescore --judge-endpoint`` runs it with the official prompts (``ovr_eval.judge``);
+without one the rule-based scorer runs, and every record says which scorer produced it.
 
 Loading (local files in each dataset's public format, or the hub) is ``ovr_eval.loading``.
 """
@@ -44,7 +48,11 @@ class Item:
     gold: str
     images: list = field(default_factory=list)
     choices: list[str] | None = None
-    group: str | None = None  # DynaMath: the seed question whose variants must all be right
+    group: str | None = None  # DynaMath: the seed question; WeMath: the composite problem
+    rule: dict | None = None  # ovr_core.grading rule: {"name": ..., per-row fields}
+    meta: dict = field(
+        default_factory=dict
+    )  # row fields a scorer needs (WeMath key, judge question)
 
 
 @dataclass
@@ -58,8 +66,12 @@ class Benchmark:
     paper: dict[str, float | None]
     required: tuple[str, ...]
     modality: str = "vision"
-    metric: str = "accuracy"  # or "worst": a group counts only when all its items are right
+    metric: str = "accuracy"  # "worst": a group counts only when all its items are right;
+    # "wemath": WeMath's four-dimensional strict/loose scores
     note: str = ""
+    official: str = ""  # the official scorer's answer rule, in words
+    source: str = ""  # where that rule is published (the code we read)
+    judge: str | None = None  # ovr_eval.judge protocol when the official scorer is a model judge
 
 
 # --- rows to items -----------------------------------------------------------------------------
@@ -123,10 +135,17 @@ def _mathvista(row: dict, i: int, split: str) -> Item:
         choices = [str(c) for c in choices]
         gold = str(row["answer"])
         gold = LETTERS[choices.index(gold)] if gold in choices else gold
-        return _choice_item(str(row.get("pid", i)), question, choices, gold, images)
-    return Item(
-        str(row.get("pid", i)), PROMPT_MATH.format(question=question), str(row["answer"]), images
-    )
+        item = _choice_item(str(row.get("pid", i)), question, choices, gold, images)
+    else:
+        prompt = PROMPT_MATH.format(question=question)
+        item = Item(str(row.get("pid", i)), prompt, str(row["answer"]), images)
+    item.rule = {
+        "name": "mathvista",
+        "answer_type": row.get("answer_type") or "text",
+        "precision": row.get("precision"),
+    }
+    item.meta = {"question": question, "question_type": row.get("question_type")}
+    return item
 
 
 def _mathverse(row: dict, i: int, split: str) -> Item | None:
@@ -135,16 +154,14 @@ def _mathverse(row: dict, i: int, split: str) -> Item | None:
     images = [row["image"]]
     question = row.get("question") or "Answer the question shown in the image."
     item_id = str(row.get("sample_index", i))
+    meta = {"question": row.get("question_for_eval") or question}
+    gold = str(row["answer"])
     if row.get("question_type") == "multi-choice":
         # the options are drawn in the image: letters are all we can map to
-        return Item(
-            item_id,
-            PROMPT_CHOICE_IN_IMAGE.format(question=question),
-            str(row["answer"]),
-            images,
-            list(LETTERS[:5]),
-        )
-    return Item(item_id, PROMPT_MATH.format(question=question), str(row["answer"]), images)
+        prompt = PROMPT_CHOICE_IN_IMAGE.format(question=question)
+        return Item(item_id, prompt, gold, images, _letters_for(gold), meta=meta)
+    prompt = PROMPT_MATH.format(question=question)
+    return Item(item_id, prompt, gold, images, rule={"name": "math"}, meta=meta)
 
 
 def _mathvision(row: dict, i: int, split: str) -> Item:
@@ -152,10 +169,12 @@ def _mathvision(row: dict, i: int, split: str) -> Item:
     question = re.sub(r"<image\d*>", "", row["question"]).strip()
     options = [str(o) for o in (row.get("options") or [])]
     if options:
-        return _choice_item(str(row.get("id", i)), question, options, str(row["answer"]), images)
-    return Item(
-        str(row.get("id", i)), PROMPT_MATH.format(question=question), str(row["answer"]), images
-    )
+        item = _choice_item(str(row.get("id", i)), question, options, str(row["answer"]), images)
+    else:
+        prompt = PROMPT_MATH.format(question=question)
+        item = Item(str(row.get("id", i)), prompt, str(row["answer"]), images)
+    item.rule = {"name": "mathvision"}
+    return item
 
 
 def _dynamath(row: dict, i: int, split: str) -> Item:
@@ -163,39 +182,56 @@ def _dynamath(row: dict, i: int, split: str) -> Item:
     seed_id = str(row.get("id", i))
     item_id = f"{split}-{seed_id}"
     gold = str(row["ground_truth"])
-    if "choice" in str(row.get("answer_type", "")):
-        return Item(
-            item_id,
-            PROMPT_CHOICE_IN_IMAGE.format(question=row["question"]),
-            gold,
-            images,
-            list(LETTERS[:5]),
-            seed_id,
-        )
-    return Item(item_id, PROMPT_MATH.format(question=row["question"]), gold, images, group=seed_id)
+    kind = str(row.get("answer_type", ""))
+    rule = {"name": "dynamath", "answer_type": kind}
+    if "choice" in kind:
+        prompt = PROMPT_CHOICE_IN_IMAGE.format(question=row["question"])
+        return Item(item_id, prompt, gold, images, _letters_for(gold), seed_id, rule)
+    prompt = PROMPT_MATH.format(question=row["question"])
+    return Item(item_id, prompt, gold, images, group=seed_id, rule=rule)
 
 
 def _wemath(row: dict, i: int, split: str) -> Item:
     images = [_first(row, "image_path", "image")]
     question = f"{row['question']}\n\nOptions: {row['option']}"
+    key = str(row.get("key") or "")
+    problem = str(row.get("ID", i))
+    options = wemath_options(str(row["option"]))
     return Item(
-        str(row.get("ID", i)),
+        f"{problem}-{key}" if key else problem,
         PROMPT_CHOICE_IN_IMAGE.format(question=question),
         str(row["answer"]),
         images,
-        list(LETTERS[:5]),
+        options or _letters_for(str(row["answer"])),
+        f"{key.split('_')[0]}-{problem}" if key else None,
+        meta={"key": key},
     )
+
+
+def wemath_options(option: str) -> list[str]:
+    """WeMath's option string ("A. 4; B. 8; C. 16") as the option texts, in letter order."""
+    parts = re.split(r"\s*;\s*(?=[A-H]\s*[.:：])", option.strip())
+    texts = [re.sub(r"^[A-H]\s*[.:：]\s*", "", p).strip() for p in parts]
+    ok = all(re.match(r"[A-H]\s*[.:：]", p) for p in parts) and len(parts) > 1
+    return texts if ok else []
 
 
 def _logicvista(row: dict, i: int, split: str) -> Item:
     images = [_first(row, "image", "imagename")]
+    gold = str(row["answer"])
     return Item(
         str(row.get("question_id", i)),
         PROMPT_CHOICE_IN_IMAGE.format(question=row["question"]),
-        str(row["answer"]),
+        gold,
         images,
-        list(LETTERS[:5]),
+        _letters_for(gold),
     )
+
+
+def _letters_for(gold: str) -> list[str]:
+    """Options drawn in the image: the letters A-E, or up to the last letter the gold names."""
+    named = [c for c in gold if c in LETTERS]
+    return list(LETTERS[: max(5, LETTERS.index(max(named)) + 1 if named else 5)])
 
 
 def _mmmu_pro(row: dict, i: int, split: str) -> Item:
@@ -209,11 +245,14 @@ def _mmmu_pro(row: dict, i: int, split: str) -> Item:
 
 
 def _charxiv_reasoning(row: dict, i: int, split: str) -> Item:
+    kind = row.get("reasoning_a_type")
     return Item(
         f"r{i}",
         PROMPT_MATH.format(question=row["reasoning_q"]),
         str(row["reasoning_a"]),
         [row["image"]],
+        rule={"name": "charxiv", "answer_type": kind},
+        meta={"question": row["reasoning_q"], "inst_category": kind},
     )
 
 
@@ -240,6 +279,11 @@ def _paper(rl: float | None, base: float | None = None, cold: float | None = Non
     return {"Qwen2.5-VL-7B": base, "OVR-7B-ColdStart": cold, "OVR-7B-RL": rl}
 
 
+LIGHTEVAL = (
+    "https://github.com/huggingface/lighteval/blob/main/src/lighteval/metrics/dynamic_metrics.py"
+)
+SIMPLE_EVALS = "https://github.com/openai/simple-evals/blob/main/common.py"
+
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in [
@@ -252,6 +296,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("problem", "answer"),
             "text",
             note="the paper may average several samples per question; one sample per question here",
+            official="lighteval: the last \\boxed{} (or final expression) equal to the integer "
+            "answer under math-verify",
+            source=LIGHTEVAL,
         ),
         Benchmark(
             "aime25",
@@ -261,6 +308,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             _paper(52.1),
             ("problem", "answer"),
             "text",
+            official="lighteval: the last \\boxed{} equal to the integer answer under math-verify",
+            source=LIGHTEVAL,
         ),
         Benchmark(
             "math500",
@@ -270,6 +319,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             _paper(95.3),
             ("problem", "answer"),
             "text",
+            official="lighteval: the last \\boxed{} equivalent to the gold under math-verify "
+            "(simple-evals asks an LLM equality checker instead; we follow lighteval)",
+            source=LIGHTEVAL,
         ),
         Benchmark(
             "gpqa",
@@ -280,6 +332,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("Question", "Correct Answer", "Incorrect Answer 1"),
             "text",
             note="gated on the hub",
+            official="simple-evals: the letter after 'Answer:' equal to the correct option's "
+            "letter, upper case (options shuffled per question); we read the letter in the box",
+            source=SIMPLE_EVALS,
         ),
         Benchmark(
             "mmlu",
@@ -289,6 +344,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             _paper(77.2),
             ("question", "choices", "answer"),
             "text",
+            official="simple-evals: the letter after 'Answer:' equal to the gold letter, upper "
+            "case; we read the letter (or the option's text) in the box",
+            source="https://github.com/openai/simple-evals/blob/main/mmlu_eval.py",
         ),
         Benchmark(
             "mmlu-pro",
@@ -298,6 +356,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             _paper(67.9),
             ("question", "options", "answer"),
             "text",
+            official="TIGER-Lab: 'answer is (X)', else 'Answer: X', else the last standalone "
+            "letter A-J, upper case; we read the letter (or the option's text) in the box",
+            source="https://github.com/TIGER-AI-Lab/MMLU-Pro/blob/main/evaluate_from_api.py",
         ),
         Benchmark(
             "mathvista",
@@ -306,6 +367,11 @@ BENCHMARKS: dict[str, Benchmark] = {
             _mathvista,
             _paper(72.1, 69.2),
             ("question", "answer"),
+            official="GPT extracts the answer (demo prompt); then options by letter or text, "
+            "integers as int(float(x)), floats rounded to the row's precision, string-equal to "
+            "the answer; without a judge the box is the extraction",
+            source="https://github.com/lupantech/MathVista/blob/main/evaluation/calculate_score.py",
+            judge="mathvista",
         ),
         Benchmark(
             "mathvision",
@@ -314,6 +380,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             _mathvision,
             _paper(51.8, 25.5),
             ("question", "answer"),
+            official="MATH-V is_equal on the last box: the option letter or the option's value; "
+            "free-form equal as strings, as LaTeX math, or as numbers rounded to 2 decimals",
+            source="https://github.com/mathllm/MATH-V/blob/main/evaluation/utils.py",
         ),
         Benchmark(
             "mathverse",
@@ -322,7 +391,12 @@ BENCHMARKS: dict[str, Benchmark] = {
             _mathverse,
             _paper(54.6, 41.1),
             ("image", "answer"),
-            note="official scoring uses a GPT judge; options drawn in the image are graded by letter only",
+            note="options drawn in the image are graded by letter only",
+            official="GPT-4 extracts the answer, then GPT-4 judges it consistent with the "
+            "standard answer (0/1; 0.5m and 50cm agree); without a judge: math-verify on the "
+            "box, letters for options",
+            source="https://github.com/ZrrSkywalker/MathVerse/blob/main/evaluation/score_answer_s2.py",
+            judge="mathverse",
         ),
         Benchmark(
             "dynamath",
@@ -332,15 +406,23 @@ BENCHMARKS: dict[str, Benchmark] = {
             _paper(33.5),
             ("question", "ground_truth"),
             metric="worst",
+            official="floats within 0.001 of the truth (π read as pi), option letters exact, "
+            "text answers must contain the truth; worst case: a seed question counts only when "
+            "all 10 variants are right",
+            source="https://github.com/DynaMath/DynaMath/blob/main/evaluation/opensource_json_eval.py",
         ),
         Benchmark(
             "wemath",
-            "WeMath",
+            "WeMath (strict)",
             ("We-Math/We-Math", None, ("testmini",)),
             _wemath,
             {**_paper(44.6), "OVR-7B-RL (loose)": 64.8},
             ("question", "option", "answer"),
-            note="plain accuracy; the paper's 44.6 strict / 64.8 loose use WeMath's 4-D composite metric",
+            metric="wemath",
+            official="the option letter (A-H) equal to the answer; scores per composite problem "
+            "from its one-step parts and the multi-step question: (N - 0.5 IG - RM - IK) / N, "
+            "RM strict (any part wrong) or loose (all parts wrong)",
+            source="https://github.com/We-Math/We-Math/blob/main/evaluation/four_dimensional_metrics.py",
         ),
         Benchmark(
             "logicvista",
@@ -350,6 +432,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             _paper(54.8),
             ("question", "answer"),
             note="hub layout unverified: prefer a local copy",
+            official="an LLM extracts the chosen letter(s); right only when the set of letters "
+            'equals the answer\'s ("A, C" needs both and nothing else); we read the box',
+            source="https://github.com/Yijia-Xiao/LogicVista",
         ),
         Benchmark(
             "mmmu-pro",
@@ -358,6 +443,10 @@ BENCHMARKS: dict[str, Benchmark] = {
             _mmmu_pro,
             _paper(50.2),
             ("question", "options", "answer"),
+            official="parse_multi_choice_response: the letter after 'Answer:', else '(X)', "
+            "'X ', 'X.', else an option's text, else a random letter; we read the box and never "
+            "guess",
+            source="https://github.com/MMMU-Benchmark/MMMU/blob/main/mmmu-pro/evaluate.py",
         ),
         Benchmark(
             "charxiv",
@@ -366,7 +455,12 @@ BENCHMARKS: dict[str, Benchmark] = {
             _charxiv_reasoning,
             _paper(44.5),
             ("reasoning_q", "reasoning_a", "image"),
-            note="official scoring uses a GPT-4o judge; math-verify here (descriptive 73.6 not run)",
+            note="descriptive questions (paper: 73.6) are not run",
+            official="GPT-4o extracts and scores with a rubric per answer type (same term up to "
+            "form and order; numbers exactly equal in value); without a judge: the box compared "
+            "up to case, \\text{} and order of terms, numbers by value",
+            source="https://github.com/princeton-nlp/CharXiv/blob/main/src/reasoning_utils.py",
+            judge="charxiv",
         ),
     ]
 }

@@ -1,8 +1,9 @@
 """``ovr-eval``: the paper's benchmarks and reasoning behaviours against any OpenAI-compatible endpoint.
 
     ovr-eval run --endpoint http://localhost:8000/v1 --model ovr --bench math500,mathvista \\
-        --out runs/ovr-7b-rl [--data mathvista=./mathvista_testmini/] [--concurrency 32]
-    ovr-eval rescore runs/ovr-7b-rl
+        --out runs/ovr-7b-rl [--data mathvista=./mathvista_testmini/] [--concurrency 32] \\
+        [--judge-endpoint https://api.openai.com/v1 --judge-model gpt-4o-2024-05-13]
+    ovr-eval rescore runs/ovr-7b-rl [--judge-endpoint URL --judge-model MODEL]
     ovr-eval report runs/ovr-7b-rl runs/qwen2.5-vl-7b --out reports/
     ovr-eval behaviours runs/ovr-7b-rl [--judge-endpoint URL --judge-model gpt-4o]
     ovr-eval list
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from ovr_core.wire import API_KEY_ENV
@@ -71,12 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-tokens", type=int, default=s.max_tokens)
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--no-progress", action="store_true")
+    _judge_arguments(r)
     r.set_defaults(func=cmd_run)
 
     rs = sub.add_parser(
         "rescore", help="re-grade the recorded answers of runs, without asking again"
     )
     rs.add_argument("runs", nargs="+", type=Path)
+    _judge_arguments(rs)
     rs.set_defaults(func=cmd_rescore)
 
     rp = sub.add_parser(
@@ -108,6 +112,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _judge_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--judge-endpoint",
+        default=None,
+        help="OpenAI-compatible base URL of a model judge: MathVerse, CharXiv and MathVista are "
+        "then scored as their official scorers do, with their prompts (default: rule-based)",
+    )
+    p.add_argument("--judge-model", default="gpt-4o", help="the judge's model name")
+    p.add_argument("--judge-api-key", default=os.environ.get("OPENAI_API_KEY"))
+
+
+def _judge(args):
+    from ovr_eval.judge import JudgeConfig
+
+    if not args.judge_endpoint:
+        return None
+    return JudgeConfig(args.judge_endpoint, args.judge_model, args.judge_api_key)
+
+
 def cmd_run(args) -> int:
     from ovr_eval.run import run_eval
 
@@ -129,14 +152,17 @@ def cmd_run(args) -> int:
         label=args.label,
         sampling=Sampling(args.temperature, args.top_p, args.max_tokens, args.seed),
         progress=not args.no_progress,
+        judge=_judge(args),
     )
     results = run_eval(cfg)
     failed = 0
     for res in results:
         print(
-            f"{res.bench}: {res.correct}/{res.answered} correct ({100 * res.accuracy:.1f}%); "
-            f"{res.asked} asked now, {res.skipped} already recorded, {res.failed} failed"
+            f"{res.bench}: {res.correct}/{res.answered} correct ({100 * res.accuracy:.1f}%) by "
+            f"{res.scorer}; {res.asked} asked now, {res.skipped} already recorded, "
+            f"{res.failed} failed; statuses {_statuses(res.statuses)}"
         )
+        _warn_unjudged(res.bench, res.statuses)
         failed += res.failed
     print(f"answers in {args.out}/; next: ovr-eval report {args.out}")
     if failed:
@@ -149,14 +175,37 @@ def cmd_run(args) -> int:
 
 
 def cmd_rescore(args) -> int:
-    from ovr_eval.run import rescore
+    from ovr_eval.run import check_endpoint, read_records, rescore
 
+    judge = _judge(args)
+    if judge:
+        check_endpoint(judge.endpoint, judge.model, judge.api_key)
     for run in args.runs:
         if not run.is_dir():
             raise FileNotFoundError(f"no run folder {run}")
-        for bench, (n, changed) in rescore(run).items():
-            print(f"{run}/{bench}: {n} answers re-graded, {changed} verdicts changed")
+        for bench, (n, changed) in rescore(run, judge=judge).items():
+            statuses = dict(Counter(r["status"] for r in read_records(run / f"{bench}.jsonl")))
+            print(
+                f"{run}/{bench}: {n} answers re-graded, {changed} verdicts changed; "
+                f"statuses {_statuses(statuses)}"
+            )
+            _warn_unjudged(bench, statuses)
     return 0
+
+
+def _statuses(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _warn_unjudged(bench: str, statuses: dict) -> None:
+    for status, what in (
+        ("unjudged", "judge replies unreadable or requests failed (counted wrong; see records)"),
+        ("error", "grader errors (counted wrong; see the log)"),
+        ("timeout", "answers past the grader's time limit"),
+        ("refused", "answers refused by the grader's pre-check"),
+    ):
+        if statuses.get(status):
+            print(f"ovr-eval: warning: {bench}: {statuses[status]} {what}", file=sys.stderr)
 
 
 def cmd_report(args) -> int:

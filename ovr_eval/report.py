@@ -2,7 +2,11 @@
 
 Accuracy comes with a 95% Wilson interval over questions (over seed questions for DynaMath's
 worst-case metric); response length statistics are completion tokens as the endpoint counted them;
-the truncation rate is the share of answers that stopped at the token limit.
+the truncation rate is the share of answers that stopped at the token limit. Every number says
+which scorer produced it (``rules:<rule>``, the official rule run by ``ovr_core.grading``, or
+``judge:<model>``, the official judge prompts) and the grader statuses behind it (correct, wrong,
+no_answer, unclosed, refused, timeout, error, unjudged). WeMath reports its own four-dimensional
+scores (strict and loose) rather than accuracy.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ import csv
 import json
 import math
 import statistics
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ovr_eval.benchmarks import BENCHMARKS
@@ -37,10 +41,23 @@ class Score:
     truncation: float
     no_answer: float
     timeouts: int
+    scorer: str = ""
+    statuses: dict[str, int] = field(default_factory=dict)
+    value: float | None = None  # a score that is not correct / n (WeMath's strict score)
+    extra: dict[str, float] = field(default_factory=dict)  # WeMath: loose score, IK, IG, CM, RM
 
     @property
     def accuracy(self) -> float:
+        if self.value is not None:
+            return self.value
         return self.correct / self.n if self.n else 0.0
+
+    @property
+    def interval(self) -> str:
+        """`` [low, high]`` in %, or empty for a score that is not a proportion."""
+        if self.value is not None:
+            return ""
+        return f" [{100 * self.low:.1f}, {100 * self.high:.1f}]"
 
 
 @dataclass
@@ -69,6 +86,10 @@ def load_run(path: str | Path) -> Run:
 def score_records(bench: str, records: list[dict]) -> Score:
     """Accuracy (with its interval), lengths, truncation of one benchmark's records."""
     metric = BENCHMARKS[bench].metric if bench in BENCHMARKS else "accuracy"
+    value, extra = None, {}
+    if metric == "wemath":
+        extra = wemath_scores(records)
+        value = extra.get("score_strict")
     if metric == "worst":
         groups: dict[str, bool] = defaultdict(lambda: True)
         for r in records:
@@ -78,7 +99,7 @@ def score_records(bench: str, records: list[dict]) -> Score:
     else:
         n, correct = len(records), sum(bool(r["correct"]) for r in records)
     lengths = sorted(r.get("completion_tokens") or 0 for r in records)
-    low, high = wilson(correct, n)
+    low, high = wilson(correct, n) if value is None else (value, value)
     return Score(
         bench,
         n,
@@ -92,7 +113,52 @@ def score_records(bench: str, records: list[dict]) -> Score:
         sum(bool(r.get("truncated")) for r in records) / len(records),
         sum(r.get("status") == "no_answer" for r in records) / len(records),
         sum(r.get("status") == "timeout" for r in records),
+        scorer_name(records),
+        dict(Counter(r.get("status") or "unknown" for r in records)),
+        value,
+        extra,
     )
+
+
+def scorer_name(records: list[dict]) -> str:
+    """The scorer behind a benchmark's number: one name, or each with its count when mixed."""
+    counts = Counter(r.get("scorer") or "rules:default" for r in records)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "mixed: " + ", ".join(f"{k} {v}" for k, v in counts.most_common())
+
+
+def wemath_scores(records: list[dict]) -> dict[str, float]:
+    """WeMath's four-dimensional metrics over its composite problems (``four_dimensional_metrics``):
+    per problem, the one-step parts (keys ``Nsteps_1``…) and the multi-step question
+    (``Nsteps_multi``) give IK (a part wrong, the whole wrong), IG (all parts right, the whole
+    wrong), CM (the whole right, parts all right: strict; any right: loose), RM (the whole right,
+    a part wrong: strict; all wrong: loose); score = (N - 0.5 IG - RM - IK) / N."""
+    problems: dict[str, dict[str, bool]] = defaultdict(dict)
+    for r in records:
+        key = (r.get("meta") or {}).get("key") or ""
+        if r.get("group") and "_" in key:
+            problems[r["group"]][key.split("_")[-1]] = bool(r["correct"])
+    tally = Counter()
+    for parts in problems.values():
+        if "multi" not in parts or len(parts) < 2:
+            continue
+        whole = parts.pop("multi")
+        steps = list(parts.values())
+        tally["n"] += 1
+        tally["IK"] += (not all(steps)) and not whole
+        tally["IG"] += all(steps) and not whole
+        tally["CM_strict"] += all(steps) and whole
+        tally["CM_loose"] += any(steps) and whole
+        tally["RM_strict"] += (not all(steps)) and whole
+        tally["RM_loose"] += (not any(steps)) and whole
+    n = tally["n"]
+    if not n:
+        return {}
+    out = {k: tally[k] for k in ("n", "IK", "IG", "CM_strict", "CM_loose", "RM_strict", "RM_loose")}
+    for mode in ("strict", "loose"):
+        out[f"score_{mode}"] = (n - 0.5 * tally["IG"] - tally[f"RM_{mode}"] - tally["IK"]) / n
+    return out
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -118,10 +184,16 @@ def comparison_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
         row += [_pct(paper.get(c)) for c in PAPER_COLUMNS]
         for r in runs:
             s = r.scores.get(name)
-            row.append(
-                f"{100 * s.accuracy:.1f} [{100 * s.low:.1f}, {100 * s.high:.1f}]" if s else ""
-            )
+            row.append(f"{100 * s.accuracy:.1f}{s.interval} · {s.scorer}" if s else "")
         rows.append(row)
+        if any(name in r.scores and "score_loose" in r.scores[name].extra for r in runs):
+            loose = [f"{bench.title if bench else name} loose".replace("(strict) ", "")]
+            loose += [_pct(paper.get(f"{c} (loose)")) for c in PAPER_COLUMNS]
+            for r in runs:
+                s = r.scores.get(name)
+                value = s.extra.get("score_loose") if s else None
+                loose.append(f"{100 * value:.1f} · {s.scorer}" if value is not None else "")
+            rows.append(loose)
     return header, rows
 
 
@@ -138,6 +210,8 @@ DETAIL_HEADER = [
     "Truncated %",
     "No answer %",
     "Timeouts",
+    "Scorer",
+    "Statuses",
 ]
 
 
@@ -152,7 +226,7 @@ def detail_rows(runs: list[Run]) -> list[list[str]]:
                     s.bench,
                     str(s.n),
                     f"{100 * s.accuracy:.1f}",
-                    f"[{100 * s.low:.1f}, {100 * s.high:.1f}]",
+                    s.interval.strip(),
                     f"{s.mean_tokens:.0f}",
                     f"{s.median_tokens:.0f}",
                     str(s.p90_tokens),
@@ -160,9 +234,16 @@ def detail_rows(runs: list[Run]) -> list[list[str]]:
                     f"{100 * s.truncation:.1f}",
                     f"{100 * s.no_answer:.1f}",
                     str(s.timeouts),
+                    s.scorer,
+                    statuses_text(s.statuses),
                 ]
             )
     return rows
+
+
+def statuses_text(statuses: dict[str, int]) -> str:
+    """``correct 7, wrong 2, timeout 1``: every status seen, most frequent first."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(statuses.items(), key=lambda kv: -kv[1]))
 
 
 def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
@@ -179,11 +260,7 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
         _markdown(DETAIL_HEADER, detail_rows(runs)),
         "",
     ]
-    notes = [
-        f"- {b.title}: {b.note}"
-        for b in BENCHMARKS.values()
-        if b.note and any(b.name in r.scores for r in runs)
-    ]
+    notes = report_notes(runs)
     if notes:
         md += ["## Notes", "", *notes, ""]
     for r in runs:
@@ -210,6 +287,9 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
                 "truncation_rate",
                 "no_answer_rate",
                 "timeouts",
+                "scorer",
+                "statuses",
+                "score_loose",
             ]
         )
         for r in runs:
@@ -230,10 +310,32 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
                         f"{s.truncation:.4f}",
                         f"{s.no_answer:.4f}",
                         s.timeouts,
+                        s.scorer,
+                        json.dumps(s.statuses, sort_keys=True),
+                        s.extra.get("score_loose", ""),
                     ]
                 )
     _chart(runs, paths["png"])
     return paths
+
+
+def report_notes(runs: list[Run]) -> list[str]:
+    """Markdown notes: each benchmark's official scorer and source; WeMath's four dimensions."""
+    notes = [
+        f"- {b.title}: official scorer: {b.official} ([source]({b.source}))"
+        + (f"; {b.note}" if b.note else "")
+        for b in BENCHMARKS.values()
+        if any(b.name in r.scores for r in runs)
+    ]
+    for r in runs:
+        for s in r.scores.values():
+            if s.extra:
+                dims = ", ".join(
+                    f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in s.extra.items()
+                )
+                notes.append(f"- {r.label} {s.bench} (WeMath four dimensions): {dims}")
+    return notes
 
 
 def print_report(runs: list[Run]) -> None:

@@ -5,6 +5,12 @@ with one record per answered question, appended and flushed as each answer arriv
 into the same folder asks only the questions that have no record yet (resume); ``rescore`` re-grades
 the recorded answers without asking again.
 
+Scoring: each answer is graded by its benchmark's official rule (``ovr_core.grading``, the RL
+reward's grader); with a judge (``RunConfig.judge``), the benchmarks whose official scorer is a
+model judge are scored by it with the official prompts (``ovr_eval.judge``). Every record says
+which scorer produced it (``scorer``: ``rules:<rule>`` or ``judge:<model>``), its status, and, when
+judged, the rule verdict too (``rule_status``). Grader statuses are counted per benchmark.
+
 Sampling: the paper does not state its evaluation settings. We use temperature 0.6, top-p 0.95
 and up to 32,768 new tokens (DeepSeek-R1's published evaluation settings, the common choice for
 long-reasoning models; the paper's RL ran to 48k tokens); every value is a command-line flag and is
@@ -18,14 +24,16 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ovr_core.format import THINK_CLOSE, THINK_OPEN
+from ovr_core.grading import Grader, Verdict
 from ovr_core.wire import API_KEY_ENV, SAMPLING, reasoning_of
-from ovr_eval.benchmarks import Item, get_benchmark
+from ovr_eval.benchmarks import BENCHMARKS, Item, get_benchmark
+from ovr_eval.judge import JudgeConfig, judge_record, judge_records
 from ovr_eval.loading import load_items
-from ovr_core.grading import Grader
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,7 @@ class RunConfig:
     retries: int = 2
     label: str | None = None
     progress: bool = True
+    judge: JudgeConfig | None = None  # model judge for the benchmarks whose official scorer is one
 
 
 @dataclass
@@ -74,6 +83,8 @@ class BenchResult:
     failed: int
     correct: int
     answered: int
+    statuses: dict[str, int] = field(default_factory=dict)  # every record's status, counted
+    scorer: str = ""
 
     @property
     def accuracy(self) -> float:
@@ -85,6 +96,8 @@ def run_eval(cfg: RunConfig, grader: Grader | None = None) -> list[BenchResult]:
     benches = [get_benchmark(b) for b in cfg.benches]
     items = {b.name: load_items(b, cfg.data.get(b.name), cfg.limit) for b in benches}
     info = check_endpoint(cfg.endpoint, cfg.model, cfg.api_key)
+    if cfg.judge and any(b.judge for b in benches):
+        check_endpoint(cfg.judge.endpoint, cfg.judge.model, cfg.judge.api_key)
     sampling = _fit_sampling(cfg.sampling, info.get("max_model_len"))
     cfg.out.mkdir(parents=True, exist_ok=True)
     _write_run_json(cfg, sampling)
@@ -153,16 +166,25 @@ async def _run_all(
         timeout=cfg.request_timeout,
         max_retries=cfg.retries,
     )
+    judge_client = None
+    if cfg.judge:
+        judge_client = AsyncOpenAI(
+            base_url=cfg.judge.endpoint, api_key=cfg.judge.api_key or "none", max_retries=2
+        )
     try:
         return [
-            await _run_bench(cfg, sampling, name, its, client, grader)
+            await _run_bench(cfg, sampling, name, its, client, grader, judge_client)
             for name, its in items.items()
         ]
     finally:
         await client.close()
+        if judge_client is not None:
+            await judge_client.close()
 
 
-async def _run_bench(cfg, sampling, bench: str, items: list[Item], client, grader) -> BenchResult:
+async def _run_bench(
+    cfg, sampling, bench: str, items: list[Item], client, grader, judge_client=None
+) -> BenchResult:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -173,6 +195,8 @@ async def _run_bench(cfg, sampling, bench: str, items: list[Item], client, grade
     todo = [it for it in items if it.id not in seen]
     correct = sum(r["correct"] for r in done)
     answered, failed = len(done), 0
+    statuses = Counter(r.get("status") for r in done)
+    protocol = BENCHMARKS[bench].judge if cfg.judge else None
     bar = tqdm(
         total=len(items),
         initial=len(items) - len(todo),
@@ -195,14 +219,17 @@ async def _run_bench(cfg, sampling, bench: str, items: list[Item], client, grade
                     return
             verdict = (
                 await asyncio.to_thread(
-                    grader.grade_many, [record["completion"]], [item.gold], [item.choices]
+                    grader.grade_many,
+                    [record["completion"]],
+                    [item.gold],
+                    [item.choices],
+                    [item.rule],
                 )
             )[0]
-            record.update(
-                status=verdict.status,
-                extracted=verdict.extracted,
-                correct=verdict.status == "correct",
-            )
+            apply_verdict(record, verdict)
+            if protocol:
+                await judge_record(judge_client, cfg.judge, protocol, record)
+            statuses[record["status"]] += 1
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             correct += record["correct"]
@@ -214,9 +241,38 @@ async def _run_bench(cfg, sampling, bench: str, items: list[Item], client, grade
 
         await asyncio.gather(*(one(it) for it in todo))
     bar.close()
+    scorer = cfg.judge.scorer if protocol else scorer_of(items[0].rule if items else None)
     return BenchResult(
-        bench, len(items), len(todo) - failed, len(items) - len(todo), failed, correct, answered
+        bench,
+        len(items),
+        len(todo) - failed,
+        len(items) - len(todo),
+        failed,
+        correct,
+        answered,
+        dict(statuses),
+        scorer,
     )
+
+
+def apply_verdict(record: dict, verdict: Verdict) -> dict:
+    """Write a rule verdict into a record: status, extracted box, correct, and its scorer."""
+    record.update(
+        status=verdict.status,
+        extracted=verdict.extracted,
+        correct=verdict.status == "correct",
+        scorer=scorer_of(record.get("rule")),
+    )
+    record.pop("judge", None)
+    record.pop("rule_status", None)
+    if verdict.detail:
+        record["grader_detail"] = verdict.detail
+    return record
+
+
+def scorer_of(rule: dict | None) -> str:
+    """The name of the rule-based scorer a record was graded by (``rules:<rule>``)."""
+    return f"rules:{(rule or {}).get('name') or 'default'}"
 
 
 async def _ask(client, model: str, sampling: Sampling, bench: str, item: Item) -> dict:
@@ -246,6 +302,8 @@ async def _ask(client, model: str, sampling: Sampling, bench: str, item: Item) -
         "n_images": len(item.images),
         "gold": item.gold,
         "choices": item.choices,
+        "rule": item.rule,
+        "meta": item.meta,
         "reasoning": reasoning,
         "answer": answer,
         "completion": join_completion(reasoning, answer, choice.finish_reason),
@@ -326,24 +384,31 @@ def write_records(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def rescore(run_dir: Path, grader: Grader | None = None) -> dict[str, tuple[int, int]]:
-    """Re-grade every recorded answer of a run in place; per benchmark (records, verdicts changed)."""
+def rescore(
+    run_dir: Path, grader: Grader | None = None, judge: JudgeConfig | None = None
+) -> dict[str, tuple[int, int]]:
+    """Re-grade every recorded answer of a run in place (with ``judge``, the benchmarks whose
+    official scorer is a model judge are judged); per benchmark (records, verdicts changed)."""
     own = grader is None
     grader = grader or Grader()
     changed = {}
     try:
         for path in sorted(Path(run_dir).glob("*.jsonl")):
             records = read_records(path)
+            before = [r.get("status") for r in records]
             verdicts = grader.grade_many(
                 [r["completion"] for r in records],
                 [r["gold"] for r in records],
                 [r.get("choices") for r in records],
+                [r.get("rule") for r in records],
             )
-            n = 0
             for r, v in zip(records, verdicts, strict=True):
-                n += r.get("status") != v.status
-                r.update(status=v.status, extracted=v.extracted, correct=v.status == "correct")
+                apply_verdict(r, v)
+            protocol = BENCHMARKS[path.stem].judge if path.stem in BENCHMARKS else None
+            if judge and protocol:
+                judge_records(records, protocol, judge)
             write_records(path, records)
+            n = sum(b != r["status"] for b, r in zip(before, records, strict=True))
             changed[path.stem] = (len(records), n)
     finally:
         if own:

@@ -11,12 +11,12 @@ import time
 import pytest
 from PIL import Image
 
+from ovr_core.grading import grade_completion
 from ovr_eval.benchmarks import BENCHMARKS, LETTERS, DatasetError, get_benchmark
 from ovr_eval.cli import main
 from ovr_eval.loading import hub_reachable, image_data_url, load_items
 from ovr_eval.report import Run, comparison_rows, score_records, wilson
 from ovr_eval.run import join_completion
-from ovr_core.grading import grade_completion
 from tests.conftest import free_port
 
 
@@ -95,7 +95,7 @@ ROWS = {
         {"ID": "1", "split": "testmini", "knowledge concept": "area",
          "question": "What is the area of the square?", "option": "A. 4; B. 8; C. 16",
          "answer": "A", "image_path": "PIL", "key": "2steps_1", "question number": 1},
-        "A", list("ABCDE"), 1, ["Options: A. 4; B. 8; C. 16"],
+        "A", ["4", "8", "16"], 1, ["Options: A. 4; B. 8; C. 16"],
     ),
     "logicvista": (
         {"question_id": "7", "question": "Which shape comes next? A) ... B) ...",
@@ -372,7 +372,10 @@ def test_comparison_rows_put_the_papers_numbers_beside_ours(tmp_path):
         "OVR-7B-RL (paper)",
         "tiny",
     ]
-    assert rows == [["MathVista (testmini)", "69.2", "—", "72.1", "75.0 [30.1, 95.4]"]]
+    # each number carries the scorer that produced it (records without one: the default rules)
+    assert rows == [
+        ["MathVista (testmini)", "69.2", "—", "72.1", "75.0 [30.1, 95.4] · rules:default"]
+    ]
 
 
 # --- the command line ----------------------------------------------------------------------------
