@@ -97,3 +97,96 @@ def test_whitening_ignores_padding():
     assert real.mean().item() == pytest.approx(0.0, abs=1e-6)
     assert real.var(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
     assert (out[~mask.bool()] == 0).all()
+
+
+def _tiny_task_rollouts(processor, n: int, seed: int) -> tuple[dict, torch.Tensor]:
+    """A TRL-shaped rollout batch of the tiny counting task: each response either answers with the
+    right count in \\boxed{} or gives no boxed answer; rewards from the RL reward's own grader."""
+    from ovr_core.format import format_completion
+    from ovr_core.grading import grade_serial
+    from ovr_core.synthetic import shape_counting_examples
+
+    rng = random.Random(seed)
+    examples = shape_counting_examples(n, seed=seed)
+    messages = [
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": e["question"]}]}]
+        for e in examples
+    ]
+    texts = [processor.apply_chat_template(m, add_generation_prompt=True) for m in messages]
+    prompts = processor(
+        text=texts, images=[[e["image"]] for e in examples], padding=True, return_tensors="pt"
+    )
+    answers = [
+        f"So the number of shapes is \\boxed{{{e['gold']}}}."
+        if rng.random() < 0.5
+        else "I do not know how many shapes there are."
+        for e in examples
+    ]
+    completions = [format_completion("Count.", a) for a in answers]
+    tokenizer = processor.tokenizer
+    ids = [tokenizer(c + "<|im_end|>", add_special_tokens=False)["input_ids"] for c in completions]
+    width = max(map(len, ids))
+    completion_ids = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids])
+    completion_mask = _right_padded_mask([len(i) for i in ids], width)
+    mm = prompts["mm_token_type_ids"]
+    batch = {
+        "prompt_ids": prompts["input_ids"],
+        "prompt_mask": prompts["attention_mask"],
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "mm_token_type_ids": torch.cat([mm, torch.zeros_like(completion_ids)], dim=1),
+        "pixel_values": prompts["pixel_values"],
+        "image_grid_thw": prompts["image_grid_thw"],
+        "num_images": [1] * n,
+    }
+    rewards = torch.tensor(
+        [v.score for v in grade_serial(completions, [e["gold"] for e in examples])]
+    )
+    return batch, rewards
+
+
+STEPS = 40
+
+
+@pytest.mark.slow
+def test_the_value_head_learns_the_tiny_tasks_expected_reward(tiny_model_path):
+    """A critic initialised from the tiny policy, trained with the clipped value loss on the returns
+    (gamma = lambda = 1) of one batch of tiny-task rollouts, predicts the returns of a new batch: its
+    value loss falls and explained variance rises from about 0 to most of the variance."""
+    from transformers import AutoProcessor
+
+    from ovr_train.ppo import ValueModel, completion_values
+
+    torch.manual_seed(0)
+    processor = AutoProcessor.from_pretrained(tiny_model_path, padding_side="left")
+    critic = ValueModel.from_policy(str(tiny_model_path), torch.float32)
+    train, train_rewards = _tiny_task_rollouts(processor, 32, seed=1)
+    test, test_rewards = _tiny_task_rollouts(processor, 32, seed=2)
+    assert 0 < train_rewards.mean() < 1 and 0 < test_rewards.mean() < 1
+
+    def returns_of(batch, rewards):
+        mask = batch["completion_mask"]
+        return gae(terminal_rewards(rewards, mask), torch.zeros(mask.shape), mask, 1.0, 1.0)[1]
+
+    def held_out():
+        with torch.no_grad():
+            values = completion_values(critic, test, slice(0, 32))
+        mask = test["completion_mask"]
+        returns = returns_of(test, test_rewards)
+        return value_loss(values, values, returns, mask, None)[0].item(), explained_variance(
+            values, returns, mask
+        )
+
+    loss_before, ev_before = held_out()
+    optimizer = torch.optim.AdamW(critic.parameters(), lr=3e-3)
+    returns, mask = returns_of(train, train_rewards), train["completion_mask"]
+    for _ in range(STEPS):
+        values = completion_values(critic, train, slice(0, 32))
+        loss, _ = value_loss(values, values.detach(), returns, mask, None)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    loss_after, ev_after = held_out()
+    print(loss_before, loss_after, ev_before, ev_after)
+    assert loss_after < 0.5 * loss_before, (loss_before, loss_after)
+    assert ev_before < 0.1 and ev_after > 0.4, (ev_before, ev_after)  # 0.68 would be perfect
