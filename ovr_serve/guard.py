@@ -296,6 +296,10 @@ def _check_part(node: dict, found: _Found) -> None:
     if kind in NON_IMAGE_MEDIA or not NON_IMAGE_MEDIA.isdisjoint(node):
         name = kind if kind in NON_IMAGE_MEDIA else sorted(NON_IMAGE_MEDIA & set(node))[0]
         raise GuardError(400, f"'{name}' input is not accepted: this server reads images only")
+    if kind in ("image_url", "input_image") or "image_url" in node:
+        url = node.get("image_url")
+        if not isinstance(url.get("url") if isinstance(url, dict) else url, str):
+            raise GuardError(400, "an image part needs its image: data:image/...;base64,...")
     if "uuid" in node:
         del node["uuid"]  # vLLM would key its media cache on it: another request's image
         found.uuids = True

@@ -287,3 +287,12 @@ def test_image_count_spans_every_shape(guard):
     ]
     parts += [image_part(url)]
     assert "too many images" in refused(guard, chat(*parts)).message
+
+
+def test_image_part_without_its_image_is_refused(guard):
+    """With its uuid removed, a part that named only a uuid would reach no image, or a cached one."""
+    for part in (
+        {"type": "image_url", "image_url": None, "uuid": "abc"},
+        {"image_url": {"uuid": "x"}},
+    ):
+        assert refused(guard, chat(part)).status == 400

@@ -176,10 +176,10 @@ def test_model_text_is_escaped_so_angle_brackets_do_not_swallow_it():
     turn = conv.assistant_turn(trace, "Since $x<y$, \\boxed{x<y}", "stop", 1.0, 9)
     thought, answer = render.to_chatbot([conv.user_turn("q"), turn])[1:]
     assert "Compare &lt;image> and x&lt;y &amp; z." in thought["content"]
-    assert "`a<b`" in thought["content"]  # Markdown shows code verbatim: no entity there
+    assert "`a<\u2060b`" in thought["content"]  # code is shown verbatim; no tag can open
     assert 'title="backtracking">Wait,</mark>' in thought["content"]
     assert "$x&lt;y$" in answer["content"] and "<image>" not in thought["content"]
-    assert render.escape_html("```\n<b>\n```\n<b>") == "```\n<b>\n```\n&lt;b>"
+    assert render.escape_html("```\n<b>\n```\n<b>") == "```\n<\u2060b>\n```\n&lt;b>"
 
 
 def test_bare_boxed_result_is_typeset_and_boxes_in_math_are_left_alone():

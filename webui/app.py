@@ -13,6 +13,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -20,7 +21,7 @@ from ovr_core.format import THINK_OPEN
 from ovr_core.wire import SAMPLING
 from webui import conversation as conv
 from webui.example_images import EXAMPLES_DIR, example_paths
-from webui.render import to_chatbot, turn_of_message
+from webui.render import to_chatbot, turn_of_message, unescape_html
 from webui.settings import UISettings, auth_check, parse_settings
 from webui.stream import TurnStream, UpdateThrottle
 from webui.upstream import Endpoint, describe_error, list_models, stream_turn
@@ -52,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def launch(app: gr.Blocks, settings: UISettings, **kwargs):
     """Start serving ``app`` (blocks unless ``prevent_thread_lock=True`` is passed)."""
+    from starlette.middleware import Middleware
+
     return app.launch(
+        app_kwargs={"middleware": [Middleware(ContentSecurityPolicy)]},
         server_name=settings.host,
         server_port=settings.port,
         root_path=settings.root_path,
@@ -66,154 +70,227 @@ def launch(app: gr.Blocks, settings: UISettings, **kwargs):
     )
 
 
+# Pages load nothing from elsewhere, whatever a message contains: model text, imported chats and
+# example files can name remote images, stylesheets or frames, and the browser fetches none of
+# them. Scripts stay as Gradio needs them (inline); DOMPurify and escape_html keep HTML out.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self' 'unsafe-inline' 'unsafe-eval'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data: blob:",
+        "media-src 'self' data: blob:",
+        "font-src 'self' data:",
+        "connect-src 'self'",
+        "frame-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+    ]
+)
+
+
+class ContentSecurityPolicy:
+    """ASGI middleware: ``CONTENT_SECURITY_POLICY`` on every HTTP response of the UI."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_policy(message):
+            if message["type"] == "http.response.start":
+                headers = [
+                    h
+                    for h in message.get("headers", [])
+                    if h[0].lower() != b"content-security-policy"
+                ]
+                headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return await self.app(scope, receive, with_policy)
+
+
 def build_app(settings: UISettings) -> gr.Blocks:
     """The Gradio Blocks app (not launched), queue set for ``settings.concurrency`` chats."""
     endpoint = Endpoint(settings.endpoint, settings.api_key, idle_timeout=settings.idle_timeout)
     chat = _Handlers(endpoint, settings)
     with gr.Blocks(title="Open Vision Reasoner") as app:
-        conversation = gr.State([])
+        ui = SimpleNamespace(conversation=gr.State([]))
         with gr.Sidebar(open=True, position="right"):
-            gr.Markdown("### Settings")
-            model = gr.Dropdown(
-                choices=[settings.model] if settings.model else [],
-                value=settings.model,
-                label="Model",
-                allow_custom_value=True,
-                elem_id="ovr-model",
-            )
-            refresh = gr.Button("Refresh model list", size="sm")
-            system = gr.Textbox(label="System prompt", lines=3, elem_id="ovr-system")
-            temperature = gr.Slider(
-                0.0, 2.0, value=SAMPLING.temperature, step=0.05, label="Temperature", elem_id="ovr-temperature"
-            )
-            top_p = gr.Slider(0.05, 1.0, value=SAMPLING.top_p, step=0.05, label="Top-p")
-            max_tokens = gr.Slider(
-                64,
-                MAX_TOKENS_CAP,
-                value=settings.max_tokens,
-                step=64,
-                label="Max tokens",
-                info="Trace and answer together: OVR traces often run to thousands of tokens.",
-                elem_id="ovr-max-tokens",
-            )
-            send_traces = gr.Checkbox(
-                False,
-                label="Send earlier reasoning back to the model",
-                info="Off: earlier turns send their answers only (shorter prompts).",
-            )
-            show_marks = gr.Checkbox(
-                True,
-                label="Mark reasoning behaviours in finished traces",
-                info="Backtracking, verification, visual reflection … (hover a mark for its name).",
-                elem_id="ovr-marks",
-            )
-            extra = gr.Textbox(
-                "",
-                label="Extra request parameters (JSON)",
-                placeholder='{"top_k": 20, "repetition_penalty": 1.05}',
-                info="Sent as-is with each request (vLLM sampling parameters and the like).",
-                elem_id="ovr-extra",
-            )
-            gr.Markdown("### Conversation")
-            export_btn = gr.Button("Export (Markdown + JSON)", size="sm", elem_id="ovr-export")
-            exported = gr.File(
-                label="Exported", file_count="multiple", interactive=False, elem_id="ovr-exported"
-            )
-            import_btn = gr.UploadButton(
-                "Import JSON", file_types=[".json"], size="sm", elem_id="ovr-import"
-            )
-        gr.Markdown("## Open Vision Reasoner")
-        chatbot = gr.Chatbot(
-            elem_id="ovr-chat",
-            height="68vh",
-            latex_delimiters=LATEX,
-            buttons=["copy", "copy_all"],
-            placeholder="Ask a question about an image: upload, drop or paste one below.",
-            feedback_options=None,
-            label="Conversation",
-            show_label=False,
-            layout="bubble",
-            editable="user",
-            # Gradio 6.31 edits a message group part by part and fails on an image part
-            # (`.slice is not a function`); ungrouped, the question's text is edited alone.
-            # Check by editing a question sent with an image after an upgrade.
-            group_consecutive_messages=False,
-        )
-        box = gr.MultimodalTextbox(
-            file_types=["image"],
-            file_count="multiple",
-            sources=["upload"],
-            placeholder="Type a question; drop, paste or upload images…",
-            show_label=False,
-            submit_btn=True,
-            stop_btn=False,
-            elem_id="ovr-input",
-        )
-        with gr.Row():
-            continue_btn = gr.Button(
-                "Continue the trace", visible=False, variant="primary", elem_id="ovr-continue"
-            )
-            regen_btn = gr.Button("Regenerate", elem_id="ovr-regenerate")
-            edit_btn = gr.Button("Edit last question", elem_id="ovr-edit")
-            clear_btn = gr.Button("Clear", elem_id="ovr-clear")
-        gr.Examples(
-            examples=[[{"text": q, "files": [p]}] for p, q in example_paths()],
-            inputs=[box],
-            label="Examples (drawn by the project)",
-        )
-
-        options = [model, system, temperature, top_p, max_tokens, send_traces, extra]
-        gen_out = [conversation, chatbot, continue_btn, box]
-        busy = {"fn": _busy, "inputs": None, "outputs": [box, continue_btn], "queue": False}
-        idle = {"fn": _idle, "inputs": None, "outputs": [box], "queue": False}
-
-        submit = box.submit(
-            chat.add_user, [box, conversation], [conversation, chatbot, box], queue=False
-        )
-        submit_gen = submit.success(**busy).then(chat.generate, [conversation, *options], gen_out)
-        submit_gen.then(**idle)
-        regen = regen_btn.click(
-            chat.drop_answer, [conversation], [conversation, chatbot], queue=False
-        )
-        regen_gen = regen.success(**busy).then(chat.generate, [conversation, *options], gen_out)
-        regen_gen.then(**idle)
-        cont = continue_btn.click(**busy)
-        cont_gen = cont.then(chat.continue_trace, [conversation, *options], gen_out)
-        cont_gen.then(**idle)
-        edit = chatbot.edit(
-            chat.resend_edited, [conversation], [conversation, chatbot], queue=False
-        )
-        edit_gen = edit.success(**busy).then(chat.generate, [conversation, *options], gen_out)
-        edit_gen.then(**idle)
-        running = [submit_gen, regen_gen, cont_gen, edit_gen]
-        box.stop(None, None, None, cancels=running, queue=False).then(
-            chat.mark_stopped, [conversation], [conversation, chatbot, continue_btn], queue=False
-        ).then(**idle)
-
-        edit_btn.click(chat.edit_last, [conversation], [conversation, chatbot, box], queue=False)
-        clear_btn.click(
-            lambda: ([], [], gr.update(visible=False)),
-            None,
-            [conversation, chatbot, continue_btn],
-            queue=False,
-            cancels=running,
-        )
-        chatbot.clear(
-            lambda: ([], gr.update(visible=False)),
-            None,
-            [conversation, continue_btn],
-            queue=False,
-            cancels=running,
-        )
-        export_btn.click(chat.export, [conversation, system], [exported], queue=False)
-        import_btn.upload(
-            chat.import_file, [import_btn], [conversation, chatbot, system], queue=False
-        )
-        show_marks.change(None, [show_marks], None, js=MARKS_JS, queue=False)
-        refresh.click(chat.refresh_models, [model], [model, max_tokens], queue=False)
-        app.load(chat.refresh_models, [model], [model, max_tokens], queue=False)
+            _settings_panel(ui, settings)
+            _conversation_panel(ui)
+        _chat_area(ui)
+        _wire_generation(ui, chat)
+        _wire_the_rest(ui, chat, app)
     app.queue(default_concurrency_limit=settings.concurrency)
     return app
+
+
+def _settings_panel(ui: SimpleNamespace, settings: UISettings) -> None:
+    """The sidebar's model and sampling settings (components stored on ``ui``)."""
+    gr.Markdown("### Settings")
+    ui.model = gr.Dropdown(
+        choices=[settings.model] if settings.model else [],
+        value=settings.model,
+        label="Model",
+        allow_custom_value=True,
+        elem_id="ovr-model",
+    )
+    ui.refresh = gr.Button("Refresh model list", size="sm")
+    ui.system = gr.Textbox(label="System prompt", lines=3, elem_id="ovr-system")
+    ui.temperature = gr.Slider(
+        0.0,
+        2.0,
+        value=SAMPLING.temperature,
+        step=0.05,
+        label="Temperature",
+        elem_id="ovr-temperature",
+    )
+    ui.top_p = gr.Slider(0.05, 1.0, value=SAMPLING.top_p, step=0.05, label="Top-p")
+    ui.max_tokens = gr.Slider(
+        64,
+        MAX_TOKENS_CAP,
+        value=settings.max_tokens,
+        step=64,
+        label="Max tokens",
+        info="Trace and answer together: OVR traces often run to thousands of tokens.",
+        elem_id="ovr-max-tokens",
+    )
+    ui.send_traces = gr.Checkbox(
+        False,
+        label="Send earlier reasoning back to the model",
+        info="Off: earlier turns send their answers only (shorter prompts).",
+    )
+    ui.show_marks = gr.Checkbox(
+        True,
+        label="Mark reasoning behaviours in finished traces",
+        info="Backtracking, verification, visual reflection … (hover a mark for its name).",
+        elem_id="ovr-marks",
+    )
+    ui.extra = gr.Textbox(
+        "",
+        label="Extra sampling parameters (JSON)",
+        placeholder='{"top_k": 20, "repetition_penalty": 1.05}',
+        info="Added to each request; sampling parameters only: " + ", ".join(EXTRA_SAMPLING),
+        elem_id="ovr-extra",
+    )
+
+
+def _conversation_panel(ui: SimpleNamespace) -> None:
+    """Export and import buttons."""
+    gr.Markdown("### Conversation")
+    ui.export_btn = gr.Button("Export (Markdown + JSON)", size="sm", elem_id="ovr-export")
+    ui.exported = gr.File(
+        label="Exported", file_count="multiple", interactive=False, elem_id="ovr-exported"
+    )
+    ui.import_btn = gr.UploadButton(
+        "Import JSON", file_types=[".json"], size="sm", elem_id="ovr-import"
+    )
+
+
+def _chat_area(ui: SimpleNamespace) -> None:
+    """The chat, the input box, the buttons under it and the examples."""
+    gr.Markdown("## Open Vision Reasoner")
+    ui.chatbot = gr.Chatbot(
+        elem_id="ovr-chat",
+        height="68vh",
+        latex_delimiters=LATEX,
+        buttons=["copy", "copy_all"],
+        placeholder="Ask a question about an image: upload, drop or paste one below.",
+        feedback_options=None,
+        label="Conversation",
+        show_label=False,
+        layout="bubble",
+        editable="user",
+        sanitize_html=True,  # DOMPurify in the browser, behind escape_html: no script, no handler
+        # Gradio 6.31 edits a message group part by part and fails on an image part
+        # (`.slice is not a function`); ungrouped, the question's text is edited alone.
+        # Check by editing a question sent with an image after an upgrade.
+        group_consecutive_messages=False,
+    )
+    ui.box = gr.MultimodalTextbox(
+        file_types=["image"],
+        file_count="multiple",
+        sources=["upload"],
+        placeholder="Type a question; drop, paste or upload images…",
+        show_label=False,
+        submit_btn=True,
+        stop_btn=False,
+        elem_id="ovr-input",
+    )
+    with gr.Row():
+        ui.continue_btn = gr.Button(
+            "Continue the trace", visible=False, variant="primary", elem_id="ovr-continue"
+        )
+        ui.regen_btn = gr.Button("Regenerate", elem_id="ovr-regenerate")
+        ui.edit_btn = gr.Button("Edit last question", elem_id="ovr-edit")
+        ui.clear_btn = gr.Button("Clear", elem_id="ovr-clear")
+    gr.Examples(
+        examples=[[{"text": q, "files": [p]}] for p, q in example_paths()],
+        inputs=[ui.box],
+        label="Examples (drawn by the project)",
+    )
+
+
+def _wire_generation(ui: SimpleNamespace, chat: _Handlers) -> None:
+    """Send, regenerate, continue, edit-in-place and stop: each runs ``generate`` behind a busy box."""
+    options = [ui.model, ui.system, ui.temperature, ui.top_p, ui.max_tokens, ui.send_traces]
+    options.append(ui.extra)
+    gen_out = [ui.conversation, ui.chatbot, ui.continue_btn, ui.box]
+    busy = {"fn": _busy, "inputs": None, "outputs": [ui.box, ui.continue_btn], "queue": False}
+    idle = {"fn": _idle, "inputs": None, "outputs": [ui.box], "queue": False}
+    state = [ui.conversation, ui.chatbot]
+
+    submit = ui.box.submit(chat.add_user, [ui.box, ui.conversation], [*state, ui.box], queue=False)
+    submit_gen = submit.success(**busy).then(chat.generate, [ui.conversation, *options], gen_out)
+    regen = ui.regen_btn.click(chat.drop_answer, [ui.conversation], state, queue=False)
+    regen_gen = regen.success(**busy).then(chat.generate, [ui.conversation, *options], gen_out)
+    cont = ui.continue_btn.click(**busy)
+    cont_gen = cont.then(chat.continue_trace, [ui.conversation, *options], gen_out)
+    edit = ui.chatbot.edit(chat.resend_edited, [ui.conversation], state, queue=False)
+    edit_gen = edit.success(**busy).then(chat.generate, [ui.conversation, *options], gen_out)
+    ui.running = [submit_gen, regen_gen, cont_gen, edit_gen]
+    for event in ui.running:
+        event.then(**idle)
+    ui.box.stop(None, None, None, cancels=ui.running, queue=False).then(
+        chat.mark_stopped, [ui.conversation], [*state, ui.continue_btn], queue=False
+    ).then(**idle)
+
+
+def _wire_the_rest(ui: SimpleNamespace, chat: _Handlers, app: gr.Blocks) -> None:
+    """Edit-last, clear, export/import, the marks switch and the model list."""
+    ui.edit_btn.click(
+        chat.edit_last, [ui.conversation], [ui.conversation, ui.chatbot, ui.box], queue=False
+    )
+    ui.clear_btn.click(
+        lambda: ([], [], gr.update(visible=False)),
+        None,
+        [ui.conversation, ui.chatbot, ui.continue_btn],
+        queue=False,
+        cancels=ui.running,
+    )
+    ui.chatbot.clear(
+        lambda: ([], gr.update(visible=False)),
+        None,
+        [ui.conversation, ui.continue_btn],
+        queue=False,
+        cancels=ui.running,
+    )
+    ui.export_btn.click(chat.export, [ui.conversation, ui.system], [ui.exported], queue=False)
+    ui.import_btn.upload(
+        chat.import_file,
+        [ui.import_btn],
+        [ui.conversation, ui.chatbot, ui.system],
+        queue=False,
+    )
+    ui.show_marks.change(None, [ui.show_marks], None, js=MARKS_JS, queue=False)
+    models = ([ui.model], [ui.model, ui.max_tokens])
+    ui.refresh.click(chat.refresh_models, *models, queue=False)
+    app.load(chat.refresh_models, *models, queue=False)
 
 
 def _busy():
@@ -254,7 +331,9 @@ class _Handlers:
         """A question edited in the chat: cut the conversation there and ask it again (images kept)."""
         index = edit.index[0] if isinstance(edit.index, (list, tuple)) else edit.index
         at = turn_of_message(conversation, index)
-        text = edit.value if isinstance(edit.value, str) else conv.text_of(edit.value)
+        text = unescape_html(
+            edit.value if isinstance(edit.value, str) else conv.text_of(edit.value)
+        )
         if at is None or conversation[at]["role"] != "user":
             raise gr.Error("Only your own questions can be edited.", print_exception=False)
         if not text.strip() and not conversation[at]["images"]:
@@ -405,12 +484,18 @@ class _Handlers:
 
     def import_file(self, file):
         """Load a JSON conversation (ours or any OpenAI-format list of messages)."""
-        try:
-            text = Path(_path_of(file)).read_text(encoding="utf-8")
-            conversation, system = conv.import_json(
-                text, Path(gr.utils.get_upload_folder()) / "ovr-import"
+        path = Path(_path_of(file))
+        if path.stat().st_size > conv.MAX_IMPORT_BYTES:
+            raise gr.Error(
+                f"Cannot import that file: over {conv.MAX_IMPORT_BYTES >> 20} MB",
+                print_exception=False,
             )
-        except (ValueError, UnicodeDecodeError) as err:
+        try:
+            conversation, system = conv.import_json(
+                path.read_text(encoding="utf-8"),
+                Path(gr.utils.get_upload_folder()) / "ovr-import",
+            )
+        except (ValueError, UnicodeDecodeError, RecursionError, TypeError, KeyError) as err:
             raise gr.Error(f"Cannot import that file: {err}", print_exception=False) from err
         return conversation, to_chatbot(conversation), system
 
@@ -437,16 +522,48 @@ class _Handlers:
         return gr.update(choices=ids, value=value), slider
 
 
+# What the extra-parameters box may add to a request: vLLM/OpenAI sampling parameters, nothing
+# that changes what is asked (messages, model, tools) or how the server reads it.
+EXTRA_SAMPLING = {
+    "top_k": int,
+    "min_p": float,
+    "repetition_penalty": float,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+    "length_penalty": float,
+    "seed": int,
+    "min_tokens": int,
+    "stop": (str, list),
+    "stop_token_ids": list,
+    "ignore_eos": bool,
+}
+
+
 def parse_extra(text: str | None) -> dict:
-    """The side panel's extra request parameters: a JSON object, or a ValueError that says why."""
+    """The side panel's extra sampling parameters: a JSON object of ``EXTRA_SAMPLING`` keys, or a
+    ValueError that names what is refused."""
     if not (text or "").strip():
         return {}
     try:
         params = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"Extra request parameters are not valid JSON: {err}") from err
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"Extra sampling parameters are not valid JSON: {err}") from err
     if not isinstance(params, dict):
-        raise ValueError('Extra request parameters must be a JSON object, like {"top_k": 20}.')
+        raise ValueError('Extra sampling parameters must be a JSON object, like {"top_k": 20}.')
+    for key, value in params.items():
+        kind = EXTRA_SAMPLING.get(key)
+        if kind is None:
+            raise ValueError(
+                f"Extra sampling parameters: {key!r} is not allowed here; allowed:"
+                f" {', '.join(EXTRA_SAMPLING)} (temperature, top-p and max tokens have their own"
+                " controls)."
+            )
+        number = kind in (int, float) and isinstance(value, (int, float))
+        if isinstance(value, bool) != (kind is bool) or not (number or isinstance(value, kind)):
+            raise ValueError(f"Extra sampling parameters: {key!r} has the wrong type of value.")
+        if key in ("stop", "stop_token_ids") and isinstance(value, list):
+            if len(value) > 16 or any(not isinstance(v, (str, int)) for v in value):
+                raise ValueError(f"Extra sampling parameters: {key!r} takes up to 16 items.")
     return params
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import mimetypes
 import tempfile
@@ -24,6 +25,13 @@ from ovr_core.format import format_completion, split_reasoning
 from ovr_core.wire import reasoning_of
 
 THINKING_TITLE = "Thinking"
+# What an imported conversation may bring in: real images only, each format saved under its own
+# extension (never the sender's declared type: a ".svg" or ".html" would run in the browser).
+IMPORT_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif"}
+MAX_IMPORT_IMAGES = 64
+MAX_IMPORT_IMAGE_BYTES = 20 << 20
+MAX_IMPORT_PIXELS = 8192 * 8192
+MAX_IMPORT_BYTES = MAX_IMPORT_IMAGES * MAX_IMPORT_IMAGE_BYTES * 4 // 3 + (16 << 20)
 TRUNCATED_TITLE = "Thinking — cut off by the token limit"
 
 
@@ -175,6 +183,9 @@ def import_json(text: str, image_dir: str | Path | None = None) -> tuple[list[di
         raise ValueError("expected a JSON list of messages or an object with 'messages'")
     image_dir = Path(image_dir or tempfile.mkdtemp(prefix="ovr-import-"))
     image_dir.mkdir(parents=True, exist_ok=True)
+    count = sum(len(_image_urls(m.get("content"))) for m in messages if isinstance(m, dict))
+    if count > MAX_IMPORT_IMAGES:
+        raise ValueError(f"the file has {count} images; at most {MAX_IMPORT_IMAGES} are imported")
     conversation: list[dict] = []
     system = ""
     for n, message in enumerate(messages):
@@ -214,24 +225,60 @@ def text_of(content) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
+    if not isinstance(content, list):
+        raise ValueError(
+            f"message content must be text or a list of parts, not {type(content).__name__}"
+        )
+    parts = [p for p in content if isinstance(p, dict) and p.get("type") == "text"]
+    return "\n".join(str(p.get("text", "")) for p in parts)
 
 
 def _image_urls(content) -> list[str]:
     if not isinstance(content, list):
         return []
-    return [p["image_url"]["url"] for p in content if p.get("type") == "image_url"]
+    urls = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str):
+                raise ValueError("an image part has no data: URL")
+            urls.append(url)
+    return urls
 
 
 def _save_image(url: str, image_dir: Path) -> str:
+    """Write a data-URL image that really is one (sniffed by Pillow, whatever the URL declares)
+    under the extension of what it is; anything else is refused with the reason."""
     if not url.startswith("data:") or ";base64," not in url:
         raise ValueError("only data: URLs can be imported (got a link to somewhere else)")
-    header, data = url.split(",", 1)
-    ext = mimetypes.guess_extension(header[5:].split(";")[0]) or ".png"
+    data = url.split(",", 1)[1]
+    if len(data) * 3 // 4 > MAX_IMPORT_IMAGE_BYTES:
+        raise ValueError(f"an image in the file is over {MAX_IMPORT_IMAGE_BYTES >> 20} MB")
     try:
         raw = base64.b64decode(data, validate=True)
     except binascii.Error as err:
         raise ValueError(f"an image in the file is not valid base64: {err}") from err
+    ext = IMPORT_FORMATS[sniff_image(raw)]
     path = image_dir / f"{uuid.uuid4().hex[:12]}{ext}"
     path.write_bytes(raw)
     return str(path)
+
+
+def sniff_image(raw: bytes) -> str:
+    """The Pillow format of ``raw`` if it is a whole image the UI shows (PNG, JPEG, WebP, GIF)
+    within the pixel cap; a ValueError otherwise."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(raw), formats=list(IMPORT_FORMATS)) as img:
+            if img.width * img.height > MAX_IMPORT_PIXELS:
+                raise ValueError(f"an image in the file is over {MAX_IMPORT_PIXELS} pixels")
+            img.load()
+            return img.format
+    except ValueError:
+        raise
+    except Exception as err:
+        raise ValueError(
+            "an image in the file is not a PNG, JPEG, WebP or GIF image (or is corrupt)"
+        ) from err

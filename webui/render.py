@@ -21,6 +21,8 @@ from webui.conversation import THINKING_TITLE, TRUNCATED_TITLE, is_truncated, tr
 _CODE = re.compile(r"(```.*?(?:```|\Z)|`[^`\n]*`)", re.S)
 _MATH = re.compile(r"\$\$.*?\$\$|\\\[.*?\\\]|\\\(.*?\\\)|\$[^$\n]*\$", re.S)
 _MARK_OPEN, _MARK_TEXT, _MARK_CLOSE = "\x00", "\x01", "\x02"  # stand-ins that survive escaping
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
+_JOINER = "\u2060"  # WORD JOINER: invisible, and no tag name or "[" can follow "<" or "!" past it
 
 
 def to_chatbot(conversation: list[dict], live: bool = False) -> list[dict]:
@@ -35,8 +37,8 @@ def to_chatbot(conversation: list[dict], live: bool = False) -> list[dict]:
         role = turn["role"]
         if role == "user":
             content: list = [{"path": p, "alt_text": Path(p).name} for p in turn["images"]]
-            if turn["text"]:
-                content.append(turn["text"])
+            if turn["text"]:  # imported text is anyone's: escaped like the model's
+                content.append(escape_html(turn["text"]))
             out.append({"role": "user", "content": content or [""]})
         elif role == "assistant":
             out.extend(_assistant_messages(turn, streaming=live and i == last))
@@ -135,8 +137,21 @@ def typeset_bare_boxes(answer: str) -> str:
 
 
 def escape_html(text: str) -> str:
-    """``&`` and ``<`` as entities, except inside Markdown code (shown verbatim there)."""
+    """Model or imported text made inert for the chat's Markdown: ``&``, ``<`` and the ``!`` of a
+    Markdown image as entities outside code; inside code (shown verbatim) a word joiner after a
+    ``<`` that could open a tag and after the ``!`` of ``![``. So no tag and no image can form even
+    where the browser's Markdown parser reads code differently from ``_CODE`` (escaped backticks,
+    unequal backtick runs, a table cell): the text never runs HTML or loads a remote resource."""
     parts = _CODE.split(text)
-    for i in range(0, len(parts), 2):
-        parts[i] = parts[i].replace("&", "&amp;").replace("<", "&lt;")
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            parts[i] = part.replace("&", "&amp;").replace("<", "&lt;").replace("![", "&#33;[")
+        else:
+            parts[i] = _TAG_START.sub("<" + _JOINER, part).replace("![", "!" + _JOINER + "[")
     return "".join(parts)
+
+
+def unescape_html(text: str) -> str:
+    """The text a user typed, from what ``escape_html`` showed (for an edited question)."""
+    text = text.replace("<" + _JOINER, "<").replace("!" + _JOINER + "[", "![")
+    return text.replace("&#33;[", "![").replace("&lt;", "<").replace("&amp;", "&")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,11 @@ def parse_settings(argv: list[str] | None = None) -> UISettings:
     p.add_argument(
         "--model", default=None, help="Model name to preselect (default: the first listed)."
     )
-    p.add_argument("--host", default=UISettings.host, help="Address to listen on.")
+    p.add_argument(
+        "--host",
+        default=UISettings.host,
+        help="Address to listen on. Anything beyond loopback requires a login.",
+    )
     p.add_argument("--port", type=int, default=UISettings.port, help="Port to listen on.")
     p.add_argument(
         "--root-path",
@@ -80,6 +85,12 @@ def parse_settings(argv: list[str] | None = None) -> UISettings:
     user, password = os.environ.get("OVR_UI_USER"), os.environ.get("OVR_UI_PASSWORD")
     if user and password:
         auth = (auth or []) + [(user, password)]
+    if not auth and not is_loopback(a.host):
+        # Anyone who reaches the port would chat with the server's API key.
+        raise SystemExit(
+            f"ovr-webui: refusing to listen on {a.host} without a login: set OVR_UI_USER and"
+            " OVR_UI_PASSWORD (or --auth-file with user:password lines), or listen on 127.0.0.1"
+        )
     return UISettings(
         endpoint=a.endpoint.rstrip("/"),
         model=a.model,
@@ -111,12 +122,25 @@ def read_auth(path: str | None) -> list[tuple[str, str]] | None:
 
 
 def auth_check(pairs: list[tuple[str, str]]):
-    """Gradio's login callback for these user/password pairs."""
+    """Gradio's login callback for these user/password pairs (any text: compared as UTF-8 bytes,
+    so a login in another script is checked, never a crash)."""
+    known = [(u.encode(), p.encode()) for u, p in pairs]
 
     def check(user: str, password: str) -> bool:
+        given = (str(user).encode("utf-8", "replace"), str(password).encode("utf-8", "replace"))
         ok = False
-        for u, p in pairs:  # compare all, in constant time each
-            ok |= hmac.compare_digest(u, user) & hmac.compare_digest(p, password)
+        for u, p in known:  # compare all, in constant time each
+            ok |= hmac.compare_digest(u, given[0]) & hmac.compare_digest(p, given[1])
         return ok
 
     return check
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

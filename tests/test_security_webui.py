@@ -1,0 +1,149 @@
+"""The web UI against hostile input, without a browser: rendered text, extra parameters, imports,
+the login. (tests/test_webui_browser.py shows the same rules hold in Chromium.)"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from webui import conversation as conv
+from webui import render
+from webui.app import parse_extra
+from webui.settings import auth_check, parse_settings
+
+# Any tag in rendered text that is not one the display itself writes.
+FOREIGN_TAG = re.compile(
+    r"<(?!mark class=\"ovr-behaviour\"|/mark>|div class=\"ovr-result\"|/div>)[A-Za-z/!?]"
+)
+HOSTILE_TEXTS = [
+    "look: ![x](http://127.0.0.1:9/a.png)",
+    "\\`<img src=http://127.0.0.1:9/a.png>\\`",
+    "``<img src=http://127.0.0.1:9/a.png>`",
+    "| `<img src=http://127.0.0.1:9/a.png> | b` |\n|---|---|",
+    "[a]: http://127.0.0.1:9/a.png\n\n![a]",
+    "\\boxed{`<img src=http://127.0.0.1:9/a.png>`}",
+    "\\boxed{a\n\n![x](http://127.0.0.1:9/a.png)}",
+    "<svg/onload=alert(1)>",
+    "```\n<img src=x>\n```~\n<img src=http://127.0.0.1:9/a.png>",
+    "&lt;img src=http://127.0.0.1:9/a.png&gt;",
+]
+
+
+def shown_texts(text: str) -> list[str]:
+    """Every place the chat shows text: the question, the trace (live and tagged), the answer
+    with its result callout, an error."""
+    turn = conv.assistant_turn(text, text, "stop", 1.0, 3)
+    live = conv.assistant_turn(text, "", None, 1.0, 3)
+    out = render.to_chatbot([conv.user_turn(text), turn, conv.error_turn(text)])
+    out += render.to_chatbot([conv.user_turn("q"), live], live=True)
+    return [m["content"] for m in out if isinstance(m["content"], str)] + [
+        c for m in out if isinstance(m["content"], list) for c in m["content"] if isinstance(c, str)
+    ]
+
+
+def assert_inert(text: str) -> None:
+    for shown in shown_texts(text):
+        assert not FOREIGN_TAG.search(shown), (text, shown)
+        assert "![" not in shown, (text, shown)
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXTS)
+def test_known_hostile_text_renders_inert(text):
+    assert_inert(text)
+
+
+TOKENS = ["<", "img", " src=http://h/x ", "`", "``", "```", "~~~", "\\", "!", "[", "](", ")", "|"]
+TOKENS += ["\n", "\n\n", "$", "\\boxed{", "}", "&", "lt;", "#", "- ", "> ", "    ", "a", "Wait,"]
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(st.lists(st.sampled_from(TOKENS), max_size=30).map("".join))
+def test_generated_text_renders_inert(text):
+    assert_inert(text)
+
+
+def test_an_edited_question_comes_back_as_typed():
+    for text in HOSTILE_TEXTS + ["a < b & `x<y` ![alt](data:x)"]:
+        assert render.unescape_html(render.escape_html(text)) == text
+
+
+# --- extra parameters --------------------------------------------------------------------------
+def test_extra_parameters_take_sampling_only_and_name_a_refused_key():
+    assert parse_extra('{"top_k": 20, "repetition_penalty": 1.05, "stop": ["\\n\\n"]}') == {
+        "top_k": 20,
+        "repetition_penalty": 1.05,
+        "stop": ["\n\n"],
+    }
+    for key, value in [
+        ("messages", []),
+        ("model", "x"),
+        ("tools", []),
+        ("mm_processor_kwargs", {}),
+    ]:
+        with pytest.raises(ValueError, match=repr(key)):
+            parse_extra(json.dumps({key: value}))
+    with pytest.raises(ValueError, match="wrong type"):
+        parse_extra('{"top_k": "20"}')
+    with pytest.raises(ValueError, match="wrong type"):
+        parse_extra('{"seed": true}')
+
+
+# --- imports -----------------------------------------------------------------------------------
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), "red").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _chat_with(*urls) -> str:
+    parts = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+    return json.dumps([{"role": "user", "content": [*parts, {"type": "text", "text": "q"}]}])
+
+
+def test_import_keeps_real_images_under_their_real_extension(tmp_path):
+    png = base64.b64encode(_png()).decode()
+    back, _ = conv.import_json(_chat_with(f"data:text/html;base64,{png}"), tmp_path)
+    saved = back[0]["images"][0]
+    assert saved.endswith(".png") and open(saved, "rb").read() == _png()
+    svg = base64.b64encode(b"<svg xmlns='http://www.w3.org/2000/svg'/>").decode()
+    html = base64.b64encode(b"<html><img src=http://127.0.0.1:9/x></html>").decode()
+    for url in (f"data:image/svg+xml;base64,{svg}", f"data:image/png;base64,{html}"):
+        with pytest.raises(ValueError, match="not a PNG, JPEG"):
+            conv.import_json(_chat_with(url), tmp_path)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".png"]
+
+
+def test_import_caps_image_count_and_size(tmp_path):
+    png = f"data:image/png;base64,{base64.b64encode(_png()).decode()}"
+    with pytest.raises(ValueError, match="at most"):
+        conv.import_json(_chat_with(*[png] * (conv.MAX_IMPORT_IMAGES + 1)), tmp_path)
+    huge = "data:image/png;base64," + "A" * (conv.MAX_IMPORT_IMAGE_BYTES * 4 // 3 + 8)
+    with pytest.raises(ValueError, match="over"):
+        conv.import_json(_chat_with(huge), tmp_path)
+    with pytest.raises(ValueError):
+        conv.import_json(json.dumps([{"role": "user", "content": 5}]), tmp_path)
+
+
+# --- the login -----------------------------------------------------------------------------------
+def test_listening_beyond_loopback_needs_a_login(monkeypatch, tmp_path):
+    monkeypatch.delenv("OVR_UI_USER", raising=False)
+    monkeypatch.delenv("OVR_UI_PASSWORD", raising=False)
+    with pytest.raises(SystemExit, match="OVR_UI_PASSWORD"):
+        parse_settings(["--host", "0.0.0.0"])
+    assert parse_settings(["--host", "127.0.0.1"]).auth is None
+    users = tmp_path / "users"
+    users.write_text("ann:secret\n")
+    assert parse_settings(["--host", "0.0.0.0", "--auth-file", str(users)]).auth
+
+
+def test_a_login_in_any_script_is_checked_not_raised():
+    check = auth_check([("ann", "secret"), ("zoë", "пароль")])
+    assert check("ann", "secret") and check("zoë", "пароль")
+    assert not check("ann", "sécret") and not check("日本", "密码") and not check("ann", "\udcff")
