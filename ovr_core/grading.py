@@ -313,11 +313,11 @@ def choice_letters(text: str, choices: Sequence[str]) -> frozenset[str]:
             return frozenset(letter)
     if (m := _ONE_LETTER.fullmatch(text)) and m.group(1) in letters:
         return frozenset(m.group(1))
-    if (m := _LETTER_THEN_TEXT.fullmatch(text)) and (m.group(1) or m.group(2)) in letters:
-        return frozenset(m.group(1) or m.group(2))
     several = _several_letters(text, letters)
     if several:
         return several
+    if (m := _LETTER_THEN_TEXT.fullmatch(text)) and (m.group(1) or m.group(2)) in letters:
+        return frozenset(m.group(1) or m.group(2))
     m = re.fullmatch(r"([A-Z])\s+(.+)", text, flags=re.S)  # "B 12": a letter only with B's text
     if m and m.group(1) in letters and _same_text(m.group(2), choices[letters.index(m.group(1))]):
         return frozenset(m.group(1))
@@ -338,9 +338,7 @@ def _several_letters(text: str, letters: str) -> frozenset[str]:
         found = list(text)
     else:
         return frozenset()
-    if all(f in letters for f in found) and len(set(found)) == len(found):
-        return frozenset(found)
-    return frozenset()
+    return frozenset(found) if all(f in letters for f in found) else frozenset()
 
 
 def _same_text(a: str, b: str) -> bool:
@@ -459,23 +457,31 @@ class Grader:
             for i, (c, g, o, r) in enumerate(zip(completions, golds, choices, rules, strict=True))
             if results[i] is None
         ]
-        with self._lock:
-            self._fill()
-            self._dispatch(tasks, results)
+        if tasks:
+            with self._lock:
+                self._fill()
+                self._dispatch(tasks, results)
         self._record(results)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
 
     def _dispatch(self, tasks: list, results: list) -> None:
+        # a task's clock starts when a warm worker takes it: a worker started to replace a
+        # killed one first loads math-verify and says so (its start-up is not the task's time)
         pending = list(reversed(tasks))
         busy: dict[_Worker, tuple[int, float]] = {}
         while pending or busy:
             for w in self._pool:
-                if pending and w not in busy:
+                if pending and w.ready and w not in busy:
                     index, task = pending.pop()
                     w.send(task)
                     busy[w] = (index, time.monotonic() + self.timeout)
-            deadline = min(d for _, d in busy.values())
-            ready = wait([w.conn for w in busy], timeout=max(0.0, deadline - time.monotonic()))
+            starting = [w for w in self._pool if not w.ready] if pending else []
+            deadline = min((d for _, d in busy.values()), default=None)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = wait([w.conn for w in [*busy, *starting]], timeout=left)
+            for w in starting:
+                if w.conn in ready:
+                    self._warm(w)
             for w in list(busy):
                 index, due = busy[w]
                 if w.conn in ready:
@@ -489,6 +495,16 @@ class Grader:
                     results[index] = Verdict("timeout", detail=f"over {self.timeout:g}s")
                     self._replace(w)
                     del busy[w]
+
+    def _warm(self, worker: _Worker) -> None:
+        try:
+            worker.recv()  # its "ready" line
+            worker.ready = True
+        except (EOFError, OSError, ValueError) as e:
+            raise RuntimeError(
+                f"a grading worker failed to start: {e}; run `{sys.executable} -m "
+                "ovr_core.grading` to see why"
+            ) from e
 
     def _record(self, verdicts: list[Verdict]) -> None:
         self.counts.update(v.status for v in verdicts)
@@ -548,6 +564,7 @@ class _Worker:
         cmd = [sys.executable, "-m", "ovr_core.grading", "--memory-mb", str(memory_mb or 0)]
         self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.conn = self.process.stdout
+        self.ready = False  # set once it has loaded math-verify and said so
 
     def send(self, task) -> None:
         self.process.stdin.write(json.dumps(task).encode() + b"\n")
@@ -596,6 +613,10 @@ def _serve(memory_mb: int) -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     logging.getLogger("math_verify").setLevel(logging.ERROR)
+    import math_verify  # noqa: F401  (loaded before the first task's clock starts)
+
+    out.write(json.dumps({"ready": True}) + "\n")
+    out.flush()
     for line in sys.stdin:
         try:
             verdict = grade_completion(*json.loads(line))

@@ -1,17 +1,31 @@
 """Reward functions for RL: small pure functions ``(completions, **columns) -> list[float]``.
 
 Registered by name in ``REWARDS``; a recipe picks and weights them (``rewards: [accuracy, format]``).
-The accuracy reward is the eval grader itself (``ovr_core.grading``): one rule for what is right.
+The accuracy reward is the eval grader itself (``ovr_core.grading``): one rule for what is right,
+the same final-answer extraction (last box, ``\\fbox``, the answer after a template-opened
+``</think>``), options read through the row's ``choices`` column, a benchmark rule through its
+``rule`` column when the data has one.
+
+Grader statuses are never lost in a 0.0: every call counts them (``STATUS_COUNTS``, cumulative;
+``accuracy.last_statuses``, this call), logs a line per call (a warning when any sample was
+refused, timed out or errored), and hands them to TRL's per-step metrics as
+``grader/<status>`` (the share of the step's samples) through the ``log_metric`` callback TRL
+passes to reward functions, so the training log shows them per step beside the rewards.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable
 
 from ovr_core.format import is_well_formed
-from ovr_core.grading import default_grader
+from ovr_core.grading import GRADER_TROUBLE, STATUSES, count_statuses, default_grader
+
+log = logging.getLogger(__name__)
 
 REWARDS: dict[str, Callable[..., list[float]]] = {}
+STATUS_COUNTS: Counter[str] = Counter()  # every accuracy verdict's status since start
 
 
 def register(name: str):
@@ -26,12 +40,31 @@ def register(name: str):
 
 @register("accuracy")
 def accuracy(completions: list[str], answer: list[str], **columns) -> list[float]:
-    """1.0 when the answer's ``\\boxed{}`` matches the gold ``answer`` under math-verify (or, with a
-    ``choices`` column, names the gold option); 0.0 otherwise, including a trace never closed and
-    a sample whose check passed the hard time limit (counted in the log, never silently)."""
-    choices = columns.get("choices")
-    verdicts = default_grader().grade_many(completions, answer, choices)
+    """1.0 when the answer's last ``\\boxed{}`` matches the gold ``answer`` (math-verify, or the
+    row's ``rule``; with a ``choices`` column, it names the gold option by letter or text); 0.0
+    otherwise: a wrong answer, none, a trace never closed, or a sample the grader refused, timed
+    out on or failed on (those counted and logged, see the module docstring)."""
+    verdicts = default_grader().grade_many(
+        completions, answer, columns.get("choices"), columns.get("rule")
+    )
+    report_statuses(count_statuses(verdicts), columns.get("log_metric"))
     return [v.score for v in verdicts]
+
+
+def report_statuses(counts: dict[str, int], log_metric: Callable | None = None) -> None:
+    """Count one call's grader statuses, log them, and hand them to TRL's ``log_metric``."""
+    STATUS_COUNTS.update(counts)
+    accuracy.last_statuses = counts
+    total = sum(counts.values()) or 1
+    line = ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts.get(s))
+    trouble = sum(counts.get(s, 0) for s in GRADER_TROUBLE)
+    (log.warning if trouble else log.info)("accuracy reward: grader statuses %s", line)
+    if log_metric is not None:
+        for status in STATUSES:  # every status every call: each rank logs the same names
+            log_metric(f"grader/{status}", counts.get(status, 0) / total)
+
+
+accuracy.last_statuses = {}
 
 
 @register("format")
