@@ -81,6 +81,7 @@ def user_env(**changes: str) -> dict[str, str]:
     """docker/.env as a user would write it: the example, with a key, plus ``changes``."""
     env = read_env_file(ENV_EXAMPLE)
     env["OVR_API_KEY"] = "test-key-0123456789"
+    env["OVR_UI_PASSWORD"] = "test-ui-password"
     env.update(changes)
     return env
 
@@ -198,6 +199,12 @@ def test_the_api_key_is_required(tmp_path):
     env["OVR_API_KEY"] = ""
     out = compose_config(tmp_path, env)
     assert out.returncode != 0 and "OVR_API_KEY" in out.stderr
+
+
+def test_the_ui_password_is_required(tmp_path):
+    """The UI container listens on 0.0.0.0: no stack without a login (no blank default)."""
+    out = compose_config(tmp_path, user_env(OVR_UI_PASSWORD=""))
+    assert out.returncode != 0 and "OVR_UI_PASSWORD" in out.stderr
 
 
 def test_endpoint_service_is_a_gpu_server_with_health_caches_and_key(tmp_path):
