@@ -121,6 +121,12 @@ def _judge_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--judge-model", default="gpt-4o", help="the judge's model name")
     p.add_argument("--judge-api-key", default=os.environ.get("OPENAI_API_KEY"))
+    p.add_argument(
+        "--judge-max-tokens",
+        type=int,
+        default=1024,
+        help="longest judge reply (capped at a quarter of the judge's context when it says it)",
+    )
 
 
 def _judge(args):
@@ -128,7 +134,9 @@ def _judge(args):
 
     if not args.judge_endpoint:
         return None
-    return JudgeConfig(args.judge_endpoint, args.judge_model, args.judge_api_key)
+    return JudgeConfig(
+        args.judge_endpoint, args.judge_model, args.judge_api_key, max_tokens=args.judge_max_tokens
+    )
 
 
 def cmd_run(args) -> int:
@@ -179,7 +187,7 @@ def cmd_rescore(args) -> int:
 
     judge = _judge(args)
     if judge:
-        check_endpoint(judge.endpoint, judge.model, judge.api_key)
+        judge.fit(check_endpoint(judge.endpoint, judge.model, judge.api_key))
     for run in args.runs:
         if not run.is_dir():
             raise FileNotFoundError(f"no run folder {run}")

@@ -49,6 +49,13 @@ class JudgeConfig:
     def scorer(self) -> str:
         return f"judge:{self.model}"
 
+    def fit(self, card: dict) -> JudgeConfig:
+        """Cap the reply length at a quarter of the judge's context (its ``/models`` card), so
+        the official prompts fit a small judge too."""
+        if card.get("max_model_len"):
+            self.max_tokens = max(16, min(self.max_tokens, card["max_model_len"] // 4))
+        return self
+
 
 def judge_records(records: list[dict], protocol: str, cfg: JudgeConfig) -> list[dict]:
     """Judge ``records`` in place (status, correct, scorer, ``judge`` details); returns them."""

@@ -97,7 +97,7 @@ def run_eval(cfg: RunConfig, grader: Grader | None = None) -> list[BenchResult]:
     items = {b.name: load_items(b, cfg.data.get(b.name), cfg.limit) for b in benches}
     info = check_endpoint(cfg.endpoint, cfg.model, cfg.api_key)
     if cfg.judge and any(b.judge for b in benches):
-        check_endpoint(cfg.judge.endpoint, cfg.judge.model, cfg.judge.api_key)
+        cfg.judge.fit(check_endpoint(cfg.judge.endpoint, cfg.judge.model, cfg.judge.api_key))
     sampling = _fit_sampling(cfg.sampling, info.get("max_model_len"))
     cfg.out.mkdir(parents=True, exist_ok=True)
     _write_run_json(cfg, sampling)

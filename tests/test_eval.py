@@ -445,3 +445,148 @@ def test_behaviours_with_rules_writes_rates_and_with_an_unreachable_judge_exits_
     assert main(["behaviours", str(run), "--judge-endpoint", url]) == 2
     assert capsys.readouterr().err.startswith("ovr-eval: error: cannot reach")
     assert main(["behaviours", str(tmp_path / "none")]) == 2
+
+
+# --- the model-judge scorers (plumbing against a real endpoint: test_eval_live.py) -------------
+
+
+def test_judge_reply_parsers_read_the_official_formats_and_refuse_the_rest():
+    from ovr_eval.judge import parse_charxiv, parse_extraction, parse_judgement
+
+    assert parse_judgement("1") == 1 and parse_judgement("Judgement: 0") == 0
+    assert parse_judgement("The answers agree.") is None and parse_judgement("") is None
+    reply = 'Sure. {"extracted_answer": "P55762", "score": 0}'
+    assert parse_charxiv(reply) == {"extracted_answer": "P55762", "score": 0}
+    assert parse_charxiv('{"extracted_answer": "x", "score": 7}') is None
+    assert parse_charxiv("no json here") is None
+    assert parse_extraction("Extracted answer: 14") == "14" and parse_extraction("  ") is None
+
+
+def test_judge_prompts_are_the_official_ones_filled_in():
+    from ovr_eval.judge import PROTOCOLS
+
+    record = {
+        "gold": "B",
+        "prompt": "ours",
+        "choices": ["3", "5"],
+        "meta": {"question": "Which is prime?", "inst_category": 3},
+        "rule": {"name": "mathvista", "answer_type": "text"},
+    }
+    (extract, score), _ = PROTOCOLS["mathverse"]
+    assert "termed 'Model Response'" in extract(record, "so B")
+    assert extract(record, "so B").endswith("Model response: 'so B'\nExtracted Answer: ")
+    scored = score(record, "B")
+    assert "[Question]: Which is prime?\n[Standard Answer]: B\n[Model_answer] : B" in scored
+    ((charxiv,), _) = PROTOCOLS["charxiv"]
+    prompt = charxiv(record, "It is 5.")
+    assert "exactly equal in values" in prompt and "* Response: It is 5." in prompt
+    assert "* Ground Truth: B" in prompt and "<|" not in prompt
+    ((vista,), _) = PROTOCOLS["mathvista"]
+    prompt = vista(record, "The answer is 5.")
+    assert prompt.startswith("Please read the following example.")
+    assert "Question: Which is prime?\nChoices:\n(A) 3\n(B) 5" in prompt
+    assert prompt.endswith("The answer is 5.\n\nExtracted answer: ")
+
+
+@pytest.mark.parametrize(
+    ("extraction", "rule", "choices", "gold", "expected"),
+    [
+        ("B", {}, ["3", "5"], "B", True),
+        ("(b) 5", {}, ["3", "5"], "B", True),  # MathVista reads "(b)" as B
+        ("five", {}, ["3", "five!"], "B", True),  # else the most similar option
+        ("14.7", {"answer_type": "integer"}, None, "14", True),  # int(float(x))
+        ("1.4523", {"answer_type": "float", "precision": 2}, None, "1.45", True),
+        ("1.46", {"answer_type": "float", "precision": 2}, None, "1.45", False),
+        ("about", {"answer_type": "float", "precision": 2}, None, "1.45", False),
+    ],
+)
+def test_mathvista_judge_extraction_is_normalised_as_mathvista_does(
+    extraction, rule, choices, gold, expected
+):
+    from ovr_eval.judge import PROTOCOLS
+
+    record = {"gold": gold, "choices": choices, "rule": {"name": "mathvista", **rule}}
+    assert PROTOCOLS["mathvista"][1](record, extraction) is expected
+
+
+# --- WeMath's own metrics and the scorer in the report --------------------------------------------
+
+
+def _wemath(problem, key, correct):
+    steps = key.split("_")[0]
+    return {
+        "id": f"{problem}-{key}",
+        "group": f"{steps}-{problem}",
+        "meta": {"key": key},
+        "correct": correct,
+        "status": "correct" if correct else "wrong",
+        "completion_tokens": 5,
+        "scorer": "rules:choice",
+    }
+
+
+def test_wemath_reports_its_four_dimensional_strict_and_loose_scores(tmp_path):
+    from ovr_eval.report import wemath_scores
+
+    records = [
+        *(_wemath("1", k, True) for k in ("2steps_1", "2steps_2", "2steps_multi")),  # CM
+        *(
+            _wemath("2", k, c)
+            for k, c in (("2steps_1", True), ("2steps_2", True), ("2steps_multi", False))
+        ),  # IG
+        *(
+            _wemath("3", k, c)
+            for k, c in (("2steps_1", False), ("2steps_2", True), ("2steps_multi", True))
+        ),  # RM strict, CM loose
+        *(
+            _wemath("4", k, c)
+            for k, c in (
+                ("3steps_1", False),
+                ("3steps_2", False),
+                ("3steps_3", False),
+                ("3steps_multi", True),
+            )
+        ),  # RM both
+        *(_wemath("5", k, False) for k in ("2steps_1", "2steps_2", "2steps_multi")),  # IK
+    ]
+    dims = wemath_scores(records)
+    assert dims["n"] == 5 and dims["IG"] == 1 and dims["IK"] == 1
+    assert (dims["CM_strict"], dims["CM_loose"], dims["RM_strict"], dims["RM_loose"]) == (
+        1,
+        2,
+        2,
+        1,
+    )
+    assert dims["score_strict"] == pytest.approx((5 - 0.5 - 2 - 1) / 5)
+    assert dims["score_loose"] == pytest.approx((5 - 0.5 - 1 - 1) / 5)
+    s = score_records("wemath", records)
+    assert s.accuracy == pytest.approx(0.3) and s.interval == ""
+    header, rows = comparison_rows([Run("tiny", tmp_path, {"wemath": s})])
+    assert rows[0] == ["WeMath (strict)", "—", "—", "44.6", "30.0 · rules:choice"]
+    assert rows[1] == ["WeMath loose", "—", "—", "64.8", "50.0 · rules:choice"]
+
+
+def test_report_marks_the_scorer_and_counts_the_statuses(tmp_path):
+    records = [_record(i, i < 2) for i in range(4)]
+    records[0]["scorer"] = records[1]["scorer"] = "judge:gpt-4o"
+    records[2].update(scorer="judge:gpt-4o", status="unjudged")
+    records[3]["scorer"] = "judge:gpt-4o"
+    s = score_records("mathverse", records)
+    assert s.scorer == "judge:gpt-4o" and s.statuses == {"correct": 2, "unjudged": 1, "wrong": 1}
+    records[3]["scorer"] = "rules:math"
+    assert score_records("mathverse", records).scorer == "mixed: judge:gpt-4o 3, rules:math 1"
+    run = tmp_path / "run"
+    run.mkdir()
+    _write_jsonl(run / "mathverse.jsonl", records)
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "mixed: judge:gpt-4o 3, rules:math 1" in md and "unjudged 1" in md
+    assert "official scorer: GPT-4 extracts" in md and "ZrrSkywalker/MathVerse" in md
+
+
+def test_rescore_with_an_unreachable_judge_exits_2(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    assert main(["rescore", str(run), "--judge-endpoint", url]) == 2
+    assert capsys.readouterr().err.startswith("ovr-eval: error: cannot reach")

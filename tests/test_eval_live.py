@@ -218,3 +218,82 @@ def test_llm_judge_mode_reports_unreadable_judgments_instead_of_zero(ovr_server,
     )
     if table["unparseable"] == 16:
         assert all(v is None for v in table["rates"].values())
+
+
+def test_judge_scorers_send_the_official_prompts_and_count_unreadable_replies(
+    ovr_server, tmp_path, capsys
+):
+    # the tiny model is no judge: its replies are mostly unreadable. What is checked is the
+    # plumbing: the official prompt reaches a real OpenAI-compatible endpoint, the reply is
+    # parsed by the protocol's parser, an unreadable one is counted "unjudged" (never a silent
+    # 0), a record with no answer keeps its rule verdict, and the report names the judge.
+    from ovr_eval.judge import parse_charxiv, parse_extraction, parse_judgement
+
+    run = tmp_path / "run"
+    run.mkdir()
+    done = "<think>\nok\n</think>\n\nThe answer is \\boxed{5}."
+    rows = {
+        "mathverse": [
+            {"gold": "5", "rule": {"name": "math"}, "meta": {"question": "How many dots?"}},
+            {"gold": "B", "choices": list("ABCDE"), "meta": {"question": "Which?"}},
+        ],
+        "charxiv": [
+            {
+                "gold": "5",
+                "rule": {"name": "charxiv", "answer_type": 3},
+                "meta": {"question": "How many lines?", "inst_category": 3},
+            },
+        ],
+        "mathvista": [
+            {
+                "gold": "5",
+                "rule": {"name": "mathvista", "answer_type": "integer"},
+                "meta": {"question": "How many?"},
+            },
+        ],
+    }
+    for bench, records in rows.items():
+        records = [
+            {"id": str(i), "completion": done, "prompt": "q", **r} for i, r in enumerate(records)
+        ]
+        records.append({"id": "cut", "completion": "<think>\nstill", "gold": "5", "prompt": "q"})
+        (run / f"{bench}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["rescore", str(run), "--judge-endpoint", ovr_server.base_url, "--judge-model"]
+    args += [ovr_server.model, "--judge-api-key", ovr_server.api_key, "--judge-max-tokens", "24"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    parsers = {
+        "mathverse": parse_extraction,
+        "charxiv": parse_charxiv,
+        "mathvista": parse_extraction,
+    }
+    unjudged = 0
+    for bench in rows:
+        *judged, cut = read_records(run / f"{bench}.jsonl")
+        assert cut["status"] == "unclosed" and cut["scorer"].startswith("rules:")
+        for r in judged:
+            trail = r["judge"]
+            assert r["scorer"] == f"judge:{ovr_server.model}" and r["rule_status"] in (
+                "correct",
+                "wrong",
+            )
+            assert trail["replies"], "the judge answered"
+            first = trail["prompts"][0]
+            assert {
+                "mathverse": "termed 'Model Response'",
+                "charxiv": "exactly equal in values",
+                "mathvista": "Please read the following example.",
+            }[bench] in first
+            assert "The answer is \\boxed{5}." in first
+            readable = parsers[bench](trail["replies"][-1]) is not None
+            if bench == "mathverse" and readable:  # the extraction goes on to the score prompt
+                assert len(trail["prompts"]) == 2 and "[Standard Answer]:" in trail["prompts"][1]
+                readable = parse_judgement(trail["replies"][-1]) is not None
+            assert (r["status"] == "unjudged") == (not readable), (bench, trail)
+            assert r["status"] in ("correct", "wrong", "unjudged")
+            unjudged += r["status"] == "unjudged"
+    if unjudged:
+        assert "judge replies unreadable or requests failed" in err
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"judge:{ovr_server.model}" in md

@@ -117,6 +117,7 @@ TABLES = {
                  "options": ["4", "6", "7", "8", "9", "10", "12", "14", "15", "16"]},
          "\\boxed{C}", C),
         (MLP, "\\boxed{(C)}", C), (MLP, "\\boxed{7}", C), (MLP, "\\boxed{J}", W), (MLP, "\\boxed{c}", W),
+        (MLP, "\\boxed{\\textbf{C}}", C), (MLP, "\\boxed{The answer is (C)}", C),
     ],
     # score_answer_s2.py without a judge: letters for options drawn in the image, math otherwise
     "mathverse": [
@@ -124,7 +125,7 @@ TABLES = {
                  "answer": "B", "question_type": "multi-choice"}, "\\boxed{B}", C),
         (MVS, "\\boxed{B: This is not a function}", C), (MVS, "\\boxed{A}", W),
         (MVF := {**MVS, "answer": "(-2,1]", "question_type": "free-form"}, "\\boxed{(-2, 1]}", C),
-        (MVF, "\\boxed{(-2, 1)}", W),
+        (MVF, "\\boxed{(-2, 1)}", W), (MVS, "\\boxed{\\textbf{B}}", C), (MVF, "\\boxed{(-2, 1].}", C),
     ],
     # reasoning_utils.py rubric without GPT: same term (case, \text{}, order), numbers by value
     "charxiv": [
@@ -147,13 +148,16 @@ TABLES = {
         (A := {"problem": "Find x.", "answer": "70", "id": 1}, "\\boxed{70}", C),
         (A, "\\boxed{070}", C), (A, "\\boxed{70.}", C), (A, "\\boxed{71}", W),
     ],
-    "aime25": [({"problem": "Find x.", "answer": "204", "id": "0"}, "\\boxed{204}", C)],
+    "aime25": [
+        (A5 := {"problem": "Find x.", "answer": "204", "id": "0"}, "\\boxed{204}", C),
+        (A5, "\\boxed{204.}", C), (A5, "\\fbox{204}", C),
+    ],
     "gpqa": [
         (GP := {"Question": "Which particle mediates the electromagnetic force?",
                 "Correct Answer": "photon", "Incorrect Answer 1": "gluon",
                 "Incorrect Answer 2": "W boson", "Incorrect Answer 3": "graviton"},
          "\\boxed{photon}", C),
-        (GP, "\\boxed{\\text{photon}}", C), (GP, "\\boxed{gluon}", W),
+        (GP, "\\boxed{\\text{photon}}", C), (GP, "\\boxed{gluon}", W), (GP, "\\boxed{photon.}", C),
     ],
 }
 # fmt: on
