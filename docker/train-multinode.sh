@@ -26,7 +26,7 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 ROLLOUT_PORT=${ROLLOUT_PORT:-8000}
 VLLM_GROUP_PORT=${VLLM_GROUP_PORT:-51216}
 MAX_MODEL_LEN=${MAX_MODEL_LEN:-53248}       # = the recipe's vllm_max_model_length (prompt + 48k)
-RECIPE_ACCUMULATION=64                      # the recipe's gradient_accumulation_steps on one node
+RECIPE_ACCUMULATION=1024                    # the recipe's gradient_accumulation_steps on one node (rollouts_per_update rederives it)
 
 run() {
   if [[ -n "${DRY_RUN:-}" ]]; then printf '%q ' "$@"; echo; else exec "$@"; fi

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -37,6 +38,15 @@ def average_checkpoints(checkpoints: list[str | os.PathLike], out: str | os.Path
     dirs = [Path(c) for c in checkpoints]
     if len(dirs) < 2:
         raise ValueError("average needs at least two checkpoints")
+    for d in dirs:
+        if not any(d.glob("*" + WEIGHT_SUFFIX)):
+            raise ValueError(
+                f"{d}: no *{WEIGHT_SUFFIX} weights (found: "
+                f"{', '.join(sorted(p.name for p in d.iterdir())[:8]) or 'nothing'}). A ZeRO-3 "
+                "checkpoint needs stage3_gather_16bit_weights_on_model_save: true (recipes/deepspeed/"
+                "zero3.json) or its shards converted with DeepSpeed's zero_to_fp32.py; .bin weights: "
+                "re-save with save_pretrained(safe_serialization=True)"
+            )
     shards = sorted(p.name for p in dirs[0].glob("*" + WEIGHT_SUFFIX))
     for d in dirs[1:]:
         if sorted(p.name for p in d.glob("*" + WEIGHT_SUFFIX)) != shards:
@@ -87,8 +97,11 @@ def cli(argv: list[str]) -> int:
         "checkpoints", nargs="+", help="checkpoint directories to average uniformly"
     )
     args = parser.parse_args(argv)
-    path = average_checkpoints(args.checkpoints, args.out)
-    print(
-        f"average of {len(args.checkpoints)} checkpoints written to {path}\nserve it: ovr-serve --model {path}"
-    )
+    try:
+        path = average_checkpoints(args.checkpoints, args.out)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ovr-train average: {exc}", file=sys.stderr)
+        return 2
+    print(f"average of {len(args.checkpoints)} checkpoints written to {path}")
+    print(f"serve it: ovr-serve --model {path}")
     return 0

@@ -20,6 +20,10 @@ COMMANDS = {
         "ovr_train.rl:cli",
         "multimodal RL (GRPO on TRL, vLLM rollouts): ovr-train rl --config RECIPE",
     ),
+    "plan": (
+        "ovr_train.plan:cli",
+        "memory per GPU and time per step of a recipe, before a GPU hour: ovr-train plan --config RECIPE",
+    ),
     "average": (
         "ovr_train.average:cli",
         "uniform average of checkpoints: ovr-train average OUT CKPT ...",

@@ -18,6 +18,7 @@ training refuses such a file unless told to skip bad rows, and then says how man
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable
@@ -57,6 +58,17 @@ class Report:
 
     rows: int = 0
     failures: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    tokens: int = 0  # tokens of the kept rows, when a tokenizer measured them
+
+    def to_json(self) -> str:
+        """The report as JSON (kept beside a prepared dataset)."""
+        return json.dumps({"rows": self.rows, "failures": self.failures, "tokens": self.tokens})
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        data = json.loads(text)
+        failures = {rule: [tuple(w) for w in places] for rule, places in data["failures"].items()}
+        return cls(rows=data["rows"], failures=failures, tokens=data.get("tokens", 0))
 
     @property
     def bad_rows(self) -> int:
@@ -134,9 +146,9 @@ def normalize_row(row: dict) -> tuple[dict | None, list[str]]:
         problems.append("missing_answer")
     elif not boxed_contents(answer):
         problems.append("missing_boxed")
-    images = _images(row)
+    images = images_of(row)
     for image in images:
-        if not _image_loads(image):
+        if not image_loads(image):
             problems.append("bad_image")
             break
     if problems:
@@ -201,6 +213,126 @@ def build_dataset(
     return dataset, report
 
 
+def prepare_dataset(
+    sources: list[str],
+    on_bad_rows: str,
+    tokenizer,
+    max_length: int | None,
+    cache_dir: str | os.PathLike,
+    limit: int | None = None,
+    num_proc: int | None = None,
+    main_process_first=contextlib.nullcontext,
+):
+    """The training set prepared once and cached on disk; every rank then memory-maps the same copy.
+
+    Pass ``main_process_first=training_args.main_process_first``: the main process streams the
+    rows (normalised one at a time to a JSONL file, never all in RAM), measures token lengths in
+    ``num_proc`` processes, writes an Arrow dataset and its `Report` to ``cache_dir/<key>/``; the
+    other ranks wait, then read it. The key covers the sources (path, size, mtime), the tokenizer,
+    ``max_length`` and ``limit``, so a change of any of them prepares afresh.
+    Returns ``(dataset, report, path)``; bad rows raise or are skipped as in `build_dataset`.
+    """
+    from datasets import load_from_disk
+
+    if on_bad_rows not in ("error", "skip"):
+        raise ValueError(f"on_bad_rows must be 'error' or 'skip', not {on_bad_rows!r}")
+    path = Path(cache_dir) / _cache_key(sources, tokenizer, max_length, limit)
+    with main_process_first(desc="prepare the training data"):
+        if not (path / "report.json").exists():
+            _prepare_into(path, sources, tokenizer, max_length, limit, num_proc)
+    report = Report.from_json((path / "report.json").read_text())
+    if report.bad_rows and on_bad_rows == "error":
+        raise DataError(
+            "bad rows in the training data (fix them, or set on_bad_rows=skip to train without them):\n"
+            + report.render()
+        )
+    if report.rows == report.bad_rows:
+        raise DataError("no usable rows in the training data:\n" + report.render())
+    return load_from_disk(str(path / "dataset")), report, path
+
+
+def _cache_key(sources, tokenizer, max_length, limit) -> str:
+    import hashlib
+
+    described = []
+    for source in sources:
+        stat = Path(source).stat() if Path(source).exists() else None
+        described.append(
+            [
+                str(Path(source).resolve()) if stat else source,
+                stat and stat.st_size,
+                stat and stat.st_mtime_ns,
+            ]
+        )
+    name = getattr(tokenizer, "name_or_path", None) if tokenizer is not None else None
+    size = len(tokenizer) if tokenizer is not None else None
+    blob = json.dumps([PREPARED_FORMAT, described, name, size, max_length, limit])
+    return "prepared-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+PREPARED_FORMAT = 1  # bump when the prepared layout changes
+
+
+def _prepare_into(path: Path, sources, tokenizer, max_length, limit, num_proc) -> None:
+    """Stream, normalise, measure and write the dataset and report to ``path`` (atomically)."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    report = Report()
+    with open(tmp / "examples.jsonl", "w", encoding="utf-8") as fh:
+        for source, number, example in _stream_examples(sources, limit, report):
+            fh.write(json.dumps({**example, "_source": source, "_row": number}) + "\n")
+    if report.rows > report.bad_rows:
+        _write_dataset(tmp, tokenizer, max_length, num_proc, report)
+    (tmp / "examples.jsonl").unlink()
+    (tmp / "report.json").write_text(report.to_json())  # last: its presence marks a whole cache
+    tmp.chmod(0o755)
+    os.replace(tmp, path)
+
+
+def _write_dataset(tmp: Path, tokenizer, max_length, num_proc, report: Report) -> None:
+    """``tmp/examples.jsonl`` as an Arrow dataset in ``tmp/dataset``, over-long rows reported."""
+    import shutil
+
+    from datasets import Dataset
+
+    dataset = Dataset.from_json(str(tmp / "examples.jsonl"), cache_dir=str(tmp / "arrow"))
+    if tokenizer is not None and max_length is not None:
+        dataset = dataset.map(
+            lambda ex: {"_length": _token_length(tokenizer, ex)}, num_proc=num_proc
+        )
+        lengths = dataset["_length"]
+        for src, row, n in zip(dataset["_source"], dataset["_row"], lengths, strict=True):
+            if n > max_length:
+                report.add("over_max_length", src, row)
+        report.tokens = sum(n for n in lengths if n <= max_length)
+        dataset = dataset.filter(lambda ex: ex["_length"] <= max_length, num_proc=num_proc)
+    dataset = dataset.remove_columns(
+        [c for c in ("_source", "_row", "_length") if c in dataset.column_names]
+    )
+    if "images" in dataset.column_names:
+        from datasets import Image, List
+
+        dataset = dataset.cast_column("images", List(Image()))
+    dataset.save_to_disk(str(tmp / "dataset"))
+    shutil.rmtree(tmp / "arrow", ignore_errors=True)
+
+
+def _stream_examples(sources, limit, report: Report):
+    """(source, row number, example) of each good row, counting bad ones in ``report``."""
+    for source in sources:
+        for number, row in enumerate(load_rows(source), start=1):
+            if limit is not None and report.rows >= limit:
+                return
+            report.rows += 1
+            example, problems = normalize_row(row if isinstance(row, dict) else {})
+            for rule in problems:
+                report.add(rule, source, number)
+            if example is not None:
+                yield source, number, example
+
+
 def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> Path:
     """Write rows as JSONL (a helper for recipes and tests that generate their data)."""
     path = Path(path)
@@ -230,7 +362,7 @@ def _read_shape(row: dict):
         return prompt, None, None, content
     question = row.get("prompt") if isinstance(row.get("prompt"), str) else row.get("question")
     if isinstance(question, str):
-        prompt = system + [{"role": "user", "content": _with_images(question, row)}]
+        prompt = system + [{"role": "user", "content": with_images(question, row)}]
         if "reasoning" in row and "answer" in row:
             answer = str(row["answer"] or "")
             if answer.strip() and not boxed_contents(answer):
@@ -250,9 +382,9 @@ def _turn(turn: dict) -> dict:
     return dict(turn)
 
 
-def _with_images(question: str, row: dict):
+def with_images(question: str, row: dict):
     """The user content: plain text, or image parts then the text when the row has images."""
-    images = _images(row)
+    images = images_of(row)
     if not images:
         return question
     return [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
@@ -267,14 +399,15 @@ def _text(content) -> str:
     return ""
 
 
-def _images(row: dict) -> list:
+def images_of(row: dict) -> list:
+    """The row's image(s) (``image`` or ``images``: paths or datasets dicts) as a list."""
     images = row.get("images", row.get("image"))
     if images is None:
         return []
     return list(images) if isinstance(images, list | tuple) else [images]
 
 
-def _image_loads(image) -> bool:
+def image_loads(image) -> bool:
     """True when the image (a path, or a datasets ``{"bytes", "path"}`` dict) decodes."""
     import io
 

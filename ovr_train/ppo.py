@@ -219,6 +219,15 @@ def model_inputs(batch: dict, rows: slice) -> dict:
 # ---- the trainer -------------------------------------------------------------------------------
 
 
+def select_trainer(base: type, script_args: PPOArguments) -> tuple[type, dict]:
+    """The trainer class for ``script_args.algorithm`` and the extra keyword arguments it takes."""
+    if script_args.algorithm == "grpo":
+        return base, {}
+    if script_args.algorithm == "ppo":
+        return ppo_trainer_class(base), {"ppo_args": script_args}
+    raise SystemExit(f"ovr-train rl: algorithm={script_args.algorithm!r}; use grpo or ppo")
+
+
 def ppo_trainer_class(base: type) -> type:
     """``base`` (a GRPOTrainer subclass, e.g. OVRRLTrainer) turned into a PPO trainer."""
     grpo = next(c for c in base.__mro__ if c.__name__ == "GRPOTrainer")
@@ -248,8 +257,11 @@ def ppo_trainer_class(base: type) -> type:
 class CriticTraining:
     """Trainer mixin (outermost): GAE advantages from the critic, critic updates, critic checkpoints."""
 
-    ppo_args: PPOArguments | None = None  # set by ovr_train.rl after construction
     critic: nn.Module | None = None
+
+    def __init__(self, *args, ppo_args: PPOArguments, **kwargs):
+        self.ppo_args = ppo_args
+        super().__init__(*args, **kwargs)
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
@@ -275,8 +287,6 @@ class CriticTraining:
     def _ensure_critic(self) -> None:
         if self.critic is not None:
             return
-        if self.ppo_args is None:
-            raise RuntimeError("PPO trainer: set trainer.ppo_args (a PPOArguments) before train()")
         policy = self.accelerator.unwrap_model(self.model)
         dtype = next(policy.parameters()).dtype
         source = policy.config._name_or_path

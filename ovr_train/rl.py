@@ -25,17 +25,19 @@ from pathlib import Path
 from trl import GRPOConfig, GRPOTrainer, ModelConfig
 
 from ovr_core.behaviours import BEHAVIOURS, count_behaviours
+from ovr_train.data import load_rows
+from ovr_train.ppo import PPOArguments, select_trainer
 from ovr_train.rl_sampling import DynamicSampling
 from ovr_train.training_common import (
     END_TOKENS,
     SafeCheckpoints,
     TrainingCurves,
     freeze_vision,
-    last_complete_checkpoint,
     parse_recipe_args,
+    render_config,
     resolve_config,
-    save_resolved_config,
-    save_servable,
+    torch_dtype,
+    train_and_save,
 )
 
 logger = logging.getLogger("ovr_train.rl")
@@ -50,7 +52,7 @@ TINY_COLDSTARTED = "tiny-coldstarted"  # the test model that already learned the
 
 
 @dataclass
-class RLScriptArguments:
+class RLScriptArguments(PPOArguments):
     """What RL adds to TRL's settings: data, rewards, dynamic sampling, freezing, resume."""
 
     dataset: list[str] = field(
@@ -97,6 +99,20 @@ class RLScriptArguments:
         metadata={"help": "continue from the newest complete checkpoint in output_dir"},
     )
     synthetic_seed: int = field(default=0, metadata={"help": "seed of 'synthetic-shapes:N' data"})
+    rollouts_per_update: int | None = field(
+        default=None,
+        metadata={
+            "help": "batch size as the paper counts it: rollouts (prompts x num_generations) per "
+            "policy update, whatever the number of GPUs; sets gradient_accumulation_steps"
+        },
+    )
+    length_curriculum: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "length stages 'UNTIL_STEP:MAX_COMPLETION_LENGTH' in order, run by one command "
+            "(resume continues in the right stage); max_steps defaults to the last stage's end"
+        },
+    )
     vllm_cpu_kvcache_gib: int = field(
         default=1, metadata={"help": "vLLM KV cache on CPU, GiB (VLLM_CPU_KVCACHE_SPACE); CPU only"}
     )
@@ -115,19 +131,21 @@ def main(
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from transformers.trainer_utils import set_seed
 
-    from ovr_train.sft import _dtype, _render
+    from ovr_train.plan import check_before_training
 
     # logging: the whole resolved configuration, printed and saved beside every checkpoint
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     set_seed(training_args.seed)
+    stages = apply_schedule(script_args, training_args)
+    check_before_training("rl", script_args, training_args, model_args)
     model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
     resolved = resolve_config(script_args, training_args, model_args)
     if training_args.process_index == 0:
-        logger.info("resolved config:\n%s", _render(resolved))
+        logger.info("resolved config:\n%s", render_config(resolved))
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(script_args.vllm_cpu_kvcache_gib))
 
-    # data: image(s) + question as a chat prompt, the gold answer as a column for the rewards
+    # data: image(s) + question as a chat prompt; gold answer and grading columns for the rewards
     train_dataset = build_rl_dataset(
         materialise_sources(script_args, training_args.output_dir),
         script_args.on_bad_rows,
@@ -138,7 +156,7 @@ def main(
     # model: Qwen2.5-VL, vision tower + projector frozen by default
     model = AutoModelForImageTextToText.from_pretrained(
         model_args.model_name_or_path,
-        dtype=_dtype(model_args.dtype, torch),
+        dtype=torch_dtype(model_args.dtype),
         attn_implementation=model_args.attn_implementation,
     )
     if script_args.freeze_vision:
@@ -150,33 +168,90 @@ def main(
     end_ids = {tokenizer.convert_tokens_to_ids(t) for t in END_TOKENS}
     reward_funcs = reward_functions(script_args.rewards, script_args.truncated_reward, end_ids)
 
-    # trainer: TRL's GRPOTrainer + our fixes and dynamic sampling
-    trainer = OVRRLTrainer(
+    # trainer: TRL's GRPOTrainer + our fixes, dynamic sampling and the length curriculum
+    trainer_class, algorithm_kwargs = select_trainer(OVRRLTrainer, script_args)  # grpo | ppo
+    trainer = trainer_class(
         model=model,
         reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_dataset,
         processing_class=processor,
         callbacks=[RLCurves(), *(callbacks or [])],
+        resolved_config=resolved,
+        dynamic_sampling=script_args.dynamic_sampling,
+        max_refills=script_args.max_refills,
+        refill_seed=training_args.seed,
+        length_stages=stages,
+        **algorithm_kwargs,
     )
-    trainer.resolved_config = resolved
-    trainer.dynamic_sampling = script_args.dynamic_sampling
-    trainer.max_refills = script_args.max_refills
-    trainer.refill_seed = training_args.seed
 
-    # train, resuming from the newest complete checkpoint when asked
-    checkpoint = last_complete_checkpoint(training_args.output_dir) if script_args.resume else None
-    if script_args.resume:
-        logger.info("resume: %s", checkpoint or "no complete checkpoint yet, starting fresh")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    # train (resuming across curriculum stages when asked), then save a servable checkpoint
+    return train_and_save(trainer, processor, script_args.resume, resolved, logger)
 
-    # save: weights, processor, chat template, generation config, trainer state, plots
-    out = save_servable(trainer, processor, training_args.output_dir, resolved)
-    trainer.save_state()
-    if training_args.process_index == 0:
-        save_resolved_config(out, resolved)
-        logger.info("servable checkpoint written to %s (serve it: ovr-serve --model %s)", out, out)
-    return str(out)
+
+def apply_schedule(script_args: RLScriptArguments, training_args: GRPOConfig) -> list[tuple]:
+    """Batch size as the paper counts it and the length curriculum, written into TRL's settings.
+
+    ``rollouts_per_update`` sets ``gradient_accumulation_steps`` for the number of processes, so an
+    update holds the same number of traces on 1 node or 8. ``length_curriculum`` (``"STEP:LENGTH"``,
+    in order) sets ``max_steps`` to the last stage's end unless given (past it, the last length
+    holds) and ``max_completion_length`` to the longest (what vLLM must hold); the trainer switches
+    lengths by step. Returns the stages.
+    """
+    if script_args.rollouts_per_update:
+        per_micro = training_args.per_device_train_batch_size * training_args.world_size
+        if script_args.rollouts_per_update % per_micro:
+            raise SystemExit(
+                f"ovr-train rl: rollouts_per_update={script_args.rollouts_per_update} is not a "
+                f"multiple of per_device_train_batch_size x processes = {per_micro}; change one"
+            )
+        steps = script_args.rollouts_per_update // per_micro
+        # GRPOConfig derived these from the recipe's accumulation in __post_init__: one generation
+        # of rollouts_per_update rollouts feeds one update
+        training_args.gradient_accumulation_steps = training_args.steps_per_generation = steps
+        training_args.generation_batch_size = script_args.rollouts_per_update
+        logger.info(
+            "batch: %d rollouts per update = %d processes x %d x %d accumulation",
+            script_args.rollouts_per_update,
+            training_args.world_size,
+            training_args.per_device_train_batch_size,
+            training_args.gradient_accumulation_steps,
+        )
+    stages = parse_length_curriculum(script_args.length_curriculum)
+    if stages:
+        if training_args.max_steps <= 0:  # unset: the curriculum says how long to train
+            training_args.max_steps = stages[-1][0]
+        training_args.max_completion_length = max(length for _, length in stages)
+        logger.info(
+            "length curriculum: %s, %d steps",
+            ", ".join(f"{length} tokens to step {until}" for until, length in stages),
+            training_args.max_steps,
+        )
+    return stages
+
+
+def parse_length_curriculum(stages: list[str]) -> list[tuple[int, int]]:
+    """``["300:24576", "700:32768"]`` -> ``[(300, 24576), (700, 32768)]``: until step, length."""
+    out = []
+    for stage in stages:
+        step, sep, length = str(stage).partition(":")
+        if not (sep and step.strip().isdigit() and length.strip().isdigit()):
+            raise SystemExit(
+                f"ovr-train rl: length_curriculum stage {stage!r}: write UNTIL_STEP:MAX_LENGTH, "
+                "e.g. 300:24576"
+            )
+        out.append((int(step), int(length)))
+    if [s for s, _ in out] != sorted({s for s, _ in out}):
+        raise SystemExit("ovr-train rl: length_curriculum steps must increase stage by stage")
+    return out
+
+
+def length_at(stages: list[tuple[int, int]], step: int) -> int | None:
+    """The max completion length of the stage training step ``step + 1`` (None: no curriculum)."""
+    for until, length in stages:
+        if step < until:
+            return length
+    return stages[-1][1] if stages else None
 
 
 def resolve_model(name: str) -> str:
@@ -194,7 +269,8 @@ class OVRRLTrainer(SafeCheckpoints, DynamicSampling, GRPOTrainer):
     """TRL's GRPOTrainer with safe checkpoints, dynamic sampling, the colocated-vLLM fixes and
     reflection-word counts."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, length_stages: list[tuple[int, int]] | None = None, **kwargs):
+        self.length_stages = list(length_stages or [])
         super().__init__(*args, **kwargs)
         if self.use_vllm:
             from ovr_train.vllm_colocate import fix_colocated_vllm
@@ -219,6 +295,8 @@ class OVRRLTrainer(SafeCheckpoints, DynamicSampling, GRPOTrainer):
             self.vllm_generation.generation_kwargs = kwargs
 
     def _generate_and_score_completions(self, inputs):
+        if self.model.training and self.length_stages:
+            self.set_max_completion_length(length_at(self.length_stages, self.state.global_step))
         out = super()._generate_and_score_completions(inputs)
         if self.model.training:
             texts = self._tokenizer.batch_decode(
@@ -231,6 +309,22 @@ class OVRRLTrainer(SafeCheckpoints, DynamicSampling, GRPOTrainer):
             for name, value in reflection_counts(texts).items():
                 self._metrics["train"][f"reflection/{name}"].append(value)
         return out
+
+    def set_max_completion_length(self, length: int) -> None:
+        """Generate (and normalise, for Dr. GRPO) at most ``length`` tokens from now on: one
+        curriculum stage; resume lands in the right stage because it follows the global step."""
+        if length != self.max_completion_length:
+            logger.info(
+                "length curriculum: max_completion_length %d from step %d",
+                length,
+                self.state.global_step + 1,
+            )
+        self.max_completion_length = length
+        if self.use_vllm:
+            self.vllm_generation.max_completion_length = length
+        else:
+            self.generation_config.max_new_tokens = length
+        self._metrics["train"]["curriculum/max_completion_length"].append(float(length))
 
 
 def reflection_counts(texts: list[str]) -> dict[str, float]:
@@ -276,56 +370,39 @@ def _as_trl_reward(name: str, func, truncated_reward: float | None, end_ids: set
 
 
 def build_rl_dataset(sources: list[str], on_bad_rows: str, max_rows: int | None):
-    """A datasets.Dataset of ``prompt`` (chat, image parts first), ``image(s)`` and ``answer``.
+    """A datasets.Dataset of ``prompt`` (chat, image parts first), ``images``, ``answer`` and every
+    other column of the rows (``choices``, ``precision``, …), which TRL hands to the rewards.
 
-    Rows with no question, no gold answer, or an image that does not load are counted per rule;
-    they refuse the data (``error``) or are dropped with the count logged (``skip``).
+    Rows with no question, no gold answer, or an image that does not load are counted per rule
+    (`ovr_train.data.Report`); they refuse the data (``error``) or are dropped with the count
+    logged (``skip``).
     """
     from datasets import Dataset, Image, Sequence
 
-    from ovr_train.data import DataError, _image_loads, _images, _with_images, load_rows
+    from ovr_train.data import DataError, Report
 
-    rows, bad = [], {"missing_question": [], "missing_answer": [], "bad_image": []}
-    for source in sources:
-        for number, row in enumerate(load_rows(source), start=1):
-            question = str(
-                row.get("question") or row.get("problem") or row.get("prompt") or ""
-            ).strip()
-            answer = str(row.get("answer") or row.get("gold") or row.get("solution") or "").strip()
-            images = _images(row)
-            failed = [
-                rule
-                for rule, broken in (
-                    ("missing_question", not question),
-                    ("missing_answer", not answer),
-                    ("bad_image", any(not _image_loads(i) for i in images)),
-                )
-                if broken
-            ]
-            for rule in failed:
-                bad[rule].append((source, number))
-            if failed:
-                continue
-            rows.append(
-                {
-                    "prompt": [{"role": "user", "content": _with_images(question, row)}],
-                    "images": [str(i) for i in images],
-                    "answer": answer,
-                }
-            )
-    failures = {rule: where for rule, where in bad.items() if where}
-    if failures:
-        report = "; ".join(
-            f"{rule}: {len(w)} rows (first {w[0][0]}:{w[0][1]})" for rule, w in failures.items()
-        )
+    report = Report()
+    rows = [
+        row
+        for source in sources
+        for number, raw in enumerate(load_rows(source), start=1)
+        if (row := rl_row(raw, source, number, report)) is not None
+    ]
+    if report.bad_rows:
         if on_bad_rows == "error":
-            raise DataError(f"bad RL rows: {report} (on_bad_rows=skip drops them)")
-        logger.warning("skipped bad RL rows: %s", report)
+            raise DataError(f"bad RL rows (on_bad_rows=skip drops them): {report.render()}")
+        logger.warning("skipped bad RL rows: %s", report.render())
     if max_rows is not None:
         rows = rows[:max_rows]
     if not rows:
         raise SystemExit("ovr-train rl: no data; set dataset: [FILE, …] in the recipe")
-    dataset = Dataset.from_list(rows)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    try:
+        dataset = Dataset.from_list([{key: row.get(key) for key in columns} for row in rows])
+    except (TypeError, ValueError) as exc:  # pyarrow: one column with values of several types
+        raise DataError(
+            f"RL data columns of mixed types ({exc}); make each column one type"
+        ) from None
     if any(r["images"] for r in rows):
         dataset = dataset.cast_column("images", Sequence(Image()))
     else:
@@ -333,10 +410,45 @@ def build_rl_dataset(sources: list[str], on_bad_rows: str, max_rows: int | None)
     return dataset
 
 
+QUESTION_KEYS = ("question", "problem", "prompt")
+ANSWER_KEYS = ("answer", "gold", "solution")
+
+
+def rl_row(raw: dict, source: str, number: int, report) -> dict | None:
+    """One RL training row, or None with its broken rules counted in ``report``."""
+    from ovr_train.data import image_loads, images_of, with_images
+
+    raw = raw if isinstance(raw, dict) else {}
+    report.rows += 1
+    question = str(next((raw[k] for k in QUESTION_KEYS if raw.get(k)), "")).strip()
+    answer = str(next((raw[k] for k in ANSWER_KEYS if raw.get(k)), "")).strip()
+    images = images_of(raw)
+    failed = [
+        rule
+        for rule, broken in (
+            ("missing_question", not question),
+            ("missing_answer", not answer),
+            ("bad_image", any(not image_loads(i) for i in images)),
+        )
+        if broken
+    ]
+    for rule in failed:
+        report.add(rule, source, number)
+    if failed:
+        return None
+    consumed = {*QUESTION_KEYS, *ANSWER_KEYS, "image", "images"}
+    return {
+        "prompt": [{"role": "user", "content": with_images(question, raw)}],
+        "images": [str(i) for i in images],
+        "answer": answer,
+        **{key: value for key, value in raw.items() if key not in consumed},
+    }
+
+
 def materialise_sources(script_args: RLScriptArguments, output_dir: str) -> list[str]:
     """Data sources as paths; 'synthetic-shapes:N' is drawn once to ``output_dir/data/``."""
-    from ovr_train.data import write_jsonl
     from ovr_core.synthetic import shape_counting_examples
+    from ovr_train.data import write_jsonl
 
     sources = []
     for source in script_args.dataset:

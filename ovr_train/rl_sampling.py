@@ -35,15 +35,27 @@ def informative_groups(
 class DynamicSampling:
     """Trainer mixin (before ``GRPOTrainer``): filter uninformative groups and refill the batch."""
 
-    dynamic_sampling: bool = False
-    max_refills: int = 4
-    refill_seed: int = 0
     _refill_order: list[int] | None = None
     _refill_pos: int = 0
+    _round_rewards: torch.Tensor | None = None
+
+    def __init__(
+        self,
+        *args,
+        dynamic_sampling: bool = False,
+        max_refills: int = 4,
+        refill_seed: int = 0,
+        **kwargs,
+    ):
+        self.dynamic_sampling = dynamic_sampling
+        self.max_refills = max_refills
+        self.refill_seed = refill_seed
+        super().__init__(*args, **kwargs)
 
     def _generate_and_score_completions(self, inputs):
-        first = super()._generate_and_score_completions(inputs)
+        first = self._scored_round(inputs)
         if not (self.dynamic_sampling and self.model.training):
+            first.pop("rewards")
             return first
         group = self.num_generations
         wanted = len(inputs) // group
@@ -52,9 +64,7 @@ class DynamicSampling:
         while refills < self.max_refills and self._globally_short(
             sum(int(k.sum()) for k in kept), wanted
         ):
-            batches.append(
-                super()._generate_and_score_completions(self._refill_inputs(wanted, group))
-            )
+            batches.append(self._scored_round(self._refill_inputs(wanted, group)))
             kept.append(informative_groups(batches[-1]["advantages"], group))
             refills += 1
         merged = concat_rollouts(batches, self._tokenizer.pad_token_id)
@@ -64,6 +74,12 @@ class DynamicSampling:
         chosen += [g for g in range(len(flags)) if not flags[g]][:short]
         rows = torch.tensor([g * group + i for g in sorted(chosen) for i in range(group)])
         out = select_rows(merged, rows)
+        if len(batches) > 1 and self.multi_objective_aggregation == "sum_then_normalize":
+            # each round was scaled by its own batch's statistics: scale the kept rows as one batch
+            out["advantages"] = group_advantages(
+                out["rewards"], group, self.scale_rewards, self.accelerator.gather
+            ).to(out["advantages"].device, out["advantages"].dtype)
+        out.pop("rewards")
         completion_mask = out["completion_mask"]
         if "tool_mask" in out:
             completion_mask = completion_mask * out["tool_mask"]
@@ -74,6 +90,23 @@ class DynamicSampling:
         metrics["dynamic_sampling/short_fraction"].append(short / max(wanted, 1))
         return out
 
+    def _scored_round(self, inputs) -> dict:
+        """One TRL rollout round, with this process's rows' total rewards as ``rewards``."""
+        out = super()._generate_and_score_completions(inputs)
+        every = self._round_rewards  # all processes' rows, kept by _calculate_rewards below
+        rows = out["advantages"].size(0)
+        start = self.accelerator.process_index * rows
+        weights = self.reward_weights.to(every.device)
+        total = (every * weights.unsqueeze(0)).nansum(dim=1)
+        total[torch.isnan(every).all(dim=1)] = torch.nan  # unscorable: as TRL marks them
+        out["rewards"] = total[start : start + rows]
+        return out
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        every = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._round_rewards = every
+        return every
+
     def _globally_short(self, kept: int, wanted: int) -> bool:
         # every process must make the same number of refill rounds (TRL gathers inside them)
         fewest = self.accelerator.gather(torch.tensor([kept], device=self.accelerator.device)).min()
@@ -83,12 +116,45 @@ class DynamicSampling:
         """``groups`` more prompts from the training set (seeded, cycling), each ``group_size`` times."""
         dataset = self.train_dataset
         if self._refill_order is None or self._refill_pos + groups > len(self._refill_order):
-            gen = torch.Generator().manual_seed(self.refill_seed + self.state.global_step)
+            gen = torch.Generator().manual_seed(
+                refill_seed(
+                    self.refill_seed, self.state.global_step, self.accelerator.process_index
+                )
+            )
             self._refill_order = torch.randperm(len(dataset), generator=gen).tolist()
             self._refill_pos = 0
         picks = self._refill_order[self._refill_pos : self._refill_pos + groups]
         self._refill_pos += groups
         return [dataset[i] for i in picks for _ in range(group_size)]
+
+
+def refill_seed(seed: int, step: int, process_index: int) -> int:
+    """The refill order's seed: distinct per step and per process, so ranks refill with different
+    prompts (one shared seed gave every rank the same ones)."""
+    return seed * 1_000_003 + step * 1_009 + process_index
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: str, gather=None
+) -> torch.Tensor:
+    """Advantages of rows in groups of ``group_size``, as TRL's ``sum_then_normalize``: reward minus
+    the group mean, divided by the group's std (``group``), the std of the whole batch across
+    processes (``batch``, ``gather`` collects it), or not divided (``none``). NaN rewards
+    (unscorable) are left out of the statistics and get advantage 0."""
+    from trl.trainer.utils import nanstd
+
+    grouped = rewards.view(-1, group_size)
+    advantages = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)).reshape(-1)
+    if scale == "group":
+        std = nanstd(grouped, dim=1).repeat_interleave(group_size)
+    elif scale == "batch":
+        everything = gather(rewards) if gather is not None else rewards
+        std = nanstd(everything).expand_as(rewards)
+    else:
+        std = None
+    if std is not None:
+        advantages = advantages / (std + 1e-4)
+    return torch.nan_to_num(advantages, nan=0.0)
 
 
 def concat_rollouts(batches: list[dict], pad_token_id: int) -> dict:
@@ -104,9 +170,12 @@ def concat_rollouts(batches: list[dict], pad_token_id: int) -> dict:
         return batches[0]
     prompt_width = max(b["prompt_ids"].size(1) for b in batches)
     completion_width = max(b["completion_ids"].size(1) for b in batches)
+    keys = list(dict.fromkeys(key for b in batches for key in b))  # a text-only round lacks pixels
+    batches = [_with_missing_keys(b, keys, batches) for b in batches]
     out = {}
-    for key, first in batches[0].items():
+    for key in keys:
         values = [b[key] for b in batches]
+        first = next((v for v in values if v is not None), None)
         if first is None:
             out[key] = None
         elif isinstance(first, torch.Tensor) and first.ndim == 0:
@@ -121,6 +190,44 @@ def concat_rollouts(batches: list[dict], pad_token_id: int) -> dict:
         else:
             out[key] = [x for v in values for x in v]
     return out
+
+
+def _with_missing_keys(batch: dict, keys: list[str], batches: list[dict]) -> dict:
+    """``batch`` with an empty per-row entry for each key only other rounds have (or hold as None):
+    no images for pixel values and grids, zero images, zeros for per-row tensors."""
+    rows = batch["prompt_ids"].size(0)
+    out = dict(batch)
+    for key in keys:
+        if out.get(key) is not None:
+            continue
+        source = next((b for b in batches if b.get(key) is not None), None)
+        example = None if source is None else source[key]
+        if example is None:
+            out[key] = None
+        elif isinstance(example, list) and example and isinstance(example[0], torch.Tensor):
+            shape = (0, *example[0].shape[1:])  # per-sample pixel rows / image grids: none
+            out[key] = [example[0].new_zeros(shape) for _ in range(rows)]
+        elif isinstance(example, list):
+            out[key] = [0] * rows if key == "num_images" else [None] * rows
+        elif isinstance(example, torch.Tensor) and example.ndim == 0:
+            out[key] = torch.zeros_like(example)
+        elif isinstance(example, torch.Tensor):
+            out[key] = example.new_zeros((rows, *_row_shape(example, source, batch)))
+    return out
+
+
+def _row_shape(example: torch.Tensor, source: dict, batch: dict) -> tuple:
+    """A per-row shape for ``batch`` like ``example``'s in ``source``: per-token widths follow
+    ``batch``'s prompt and completion widths."""
+    if example.ndim < 2:
+        return tuple(example.shape[1:])
+    p, c = source["prompt_ids"].size(1), source["completion_ids"].size(1)
+    width = {
+        p + c: batch["prompt_ids"].size(1) + batch["completion_ids"].size(1),
+        p: batch["prompt_ids"].size(1),
+        c: batch["completion_ids"].size(1),
+    }
+    return (width.get(example.size(1), example.size(1)), *example.shape[2:])
 
 
 def select_rows(batch: dict, rows: torch.Tensor) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
@@ -27,11 +28,11 @@ from ovr_train.training_common import (
     TrainingCurves,
     fix_packed_mrope_positions,
     freeze_vision,
-    last_complete_checkpoint,
     parse_recipe_args,
+    render_config,
     resolve_config,
-    save_resolved_config,
-    save_servable,
+    torch_dtype,
+    train_and_save,
 )
 
 logger = logging.getLogger("ovr_train.sft")
@@ -71,6 +72,20 @@ class SFTScriptArguments:
         },
     )
     synthetic_seed: int = field(default=0, metadata={"help": "seed of the 'synthetic:N' data"})
+    traces_per_update: int | None = field(
+        default=None,
+        metadata={
+            "help": "batch size as the paper counts it: traces per optimizer update, whatever the "
+            "number of GPUs; sets gradient_accumulation_steps from the packed rows' mean trace count"
+        },
+    )
+    data_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "where the prepared (normalised, length-checked) data is cached, read by every "
+            "rank; default OUTPUT_DIR/data/prepared"
+        },
+    )
 
 
 def main(
@@ -83,38 +98,47 @@ def main(
 
     ``callbacks`` are extra ``transformers.TrainerCallback``s (tests use one to kill a run mid-way).
     """
-    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
     from transformers.trainer_utils import set_seed
 
-    from ovr_train.data import build_dataset
+    from ovr_train.data import prepare_dataset
+    from ovr_train.plan import check_before_training
 
     # logging: the whole resolved configuration, printed and saved beside every checkpoint
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     set_seed(training_args.seed)
+    check_before_training("sft", script_args, training_args, model_args)
     model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
-    resolved = resolve_config(script_args, training_args, model_args)
-    if training_args.process_index == 0:
-        logger.info("resolved config:\n%s", _render(resolved))
 
-    # data: one chat format, bad rows refused or skipped with a count
+    # data: one chat format, bad rows refused or skipped with a count; prepared once, on disk
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
-    sources = _materialise_sources(script_args, training_args.output_dir)
-    train_dataset, report = build_dataset(
-        sources, script_args.on_bad_rows, tokenizer, training_args.max_length, script_args.max_rows
+    train_dataset, report, prepared = prepare_dataset(
+        _materialise_sources(script_args, training_args.output_dir),
+        script_args.on_bad_rows,
+        tokenizer,
+        training_args.max_length,
+        script_args.data_cache_dir or str(Path(training_args.output_dir) / "data" / "prepared"),
+        limit=script_args.max_rows,
+        num_proc=training_args.dataset_num_proc,
+        main_process_first=training_args.main_process_first,
     )
-    logger.info("data: %s", report.render())
+    logger.info("data (%s): %s", prepared, report.render())
     has_images = "images" in train_dataset.column_names
     if has_images and (training_args.packing or training_args.padding_free):
         logger.warning(
             "images in the data: TRL cannot pack or go padding-free with them; turning both off"
         )
         training_args.packing = training_args.padding_free = False
+    if script_args.traces_per_update:
+        set_accumulation_for_traces(script_args.traces_per_update, training_args, report)
+    resolved = resolve_config(script_args, training_args, model_args)
+    if training_args.process_index == 0:
+        logger.info("resolved config:\n%s", render_config(resolved))
 
     # model: Qwen2.5-VL, vision tower + projector frozen for text-only data
     model = AutoModelForImageTextToText.from_pretrained(
         model_args.model_name_or_path,
-        dtype=_dtype(model_args.dtype, torch),
+        dtype=torch_dtype(model_args.dtype),
         attn_implementation=model_args.attn_implementation,
     )
     if script_args.freeze_vision:
@@ -130,22 +154,37 @@ def main(
         train_dataset=train_dataset,
         processing_class=processor if has_images else tokenizer,
         callbacks=[TrainingCurves(), *(callbacks or [])],
+        resolved_config=resolved,
+        servable_processor=processor,
     )
-    trainer.resolved_config = resolved
 
-    # train, resuming from the newest complete checkpoint when asked
-    checkpoint = last_complete_checkpoint(training_args.output_dir) if script_args.resume else None
-    if script_args.resume:
-        logger.info("resume: %s", checkpoint or "no complete checkpoint yet, starting fresh")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    # train (resuming when asked), then save weights, processor, generation config, state, plot
+    return train_and_save(trainer, processor, script_args.resume, resolved, logger)
 
-    # save: weights, processor, tokenizer, chat template, generation config, trainer state, plot
-    out = save_servable(trainer, processor, training_args.output_dir, resolved)
-    trainer.save_state()
-    if training_args.process_index == 0:
-        save_resolved_config(out, resolved)
-        logger.info("servable checkpoint written to %s (serve it: ovr-serve --model %s)", out, out)
-    return str(out)
+
+def set_accumulation_for_traces(traces: int, training_args, report) -> None:
+    """Gradient accumulation such that one update holds about ``traces`` traces, however many GPUs.
+
+    With packing a row holds several traces: rows per update = traces x mean trace length /
+    max_length (BFD packing fills rows almost whole), divided over processes x micro-batch.
+    """
+    kept = report.rows - report.bad_rows
+    per_row = 1.0
+    if training_args.packing and report.tokens and kept:
+        per_row = max(1.0, training_args.max_length / (report.tokens / kept))
+    per_micro = training_args.world_size * training_args.per_device_train_batch_size * per_row
+    steps = max(1, round(traces / per_micro))
+    training_args.gradient_accumulation_steps = steps
+    logger.info(
+        "batch: %d traces per update asked; %.1f traces per row x %d processes x %d rows x %d "
+        "accumulation = %.0f",
+        traces,
+        per_row,
+        training_args.world_size,
+        training_args.per_device_train_batch_size,
+        steps,
+        per_micro * steps,
+    )
 
 
 class ColdStartTrainer(SafeCheckpoints, SFTTrainer):
@@ -182,8 +221,8 @@ def _materialise_sources(script_args: SFTScriptArguments, output_dir: str) -> li
     """Data sources as paths; 'synthetic:N' is written once to ``output_dir/data/`` (reproducible)."""
     from pathlib import Path
 
-    from ovr_train.data import write_jsonl
     from ovr_core.synthetic import reasoning_examples
+    from ovr_train.data import write_jsonl
 
     sources = []
     for source in script_args.dataset:
@@ -205,18 +244,6 @@ def _materialise_sources(script_args: SFTScriptArguments, output_dir: str) -> li
             "ovr-train sft: no data; set dataset: [FILE, …] in the recipe or dataset=FILE"
         )
     return sources
-
-
-def _dtype(name: str | None, torch):
-    if name in (None, "auto"):
-        return "auto"
-    return getattr(torch, name)
-
-
-def _render(resolved: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(resolved, sort_keys=False, width=120)
 
 
 def parse_args(argv: list[str]) -> tuple[SFTScriptArguments, SFTConfig, ModelConfig]:

@@ -53,6 +53,14 @@ class SafeCheckpoints:
 
     _staging_root: str | None = None
     resolved_config: dict | None = None  # saved beside each checkpoint when set
+    # the full processor (image processor, chat template), saved into every checkpoint when set, so
+    # an intermediate checkpoint is servable as is even when the trainer only holds the tokenizer
+    servable_processor = None
+
+    def __init__(self, *args, resolved_config=None, servable_processor=None, **kwargs):
+        self.resolved_config = resolved_config
+        self.servable_processor = servable_processor
+        super().__init__(*args, **kwargs)
 
     def _get_output_dir(self, trial):
         if self._staging_root is not None:
@@ -86,6 +94,8 @@ class SafeCheckpoints:
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             written = os.path.join(staging, name)
+            if self.servable_processor is not None:
+                save_serving_files(self.servable_processor, written)
             if self.resolved_config is not None:
                 save_resolved_config(written, self.resolved_config)
             for callback in self.callback_handler.callbacks:
@@ -103,6 +113,38 @@ class SafeCheckpoints:
                 use_mtime=True,
             )
         self.accelerator.wait_for_everyone()
+
+
+def train_and_save(trainer, processor, resume: bool, resolved: dict, log) -> str:
+    """The tail every stage shares: train (from the newest complete checkpoint when ``resume``),
+    then write the servable checkpoint, the trainer state and the resolved config; returns its path."""
+    output_dir = trainer.args.output_dir
+    checkpoint = last_complete_checkpoint(output_dir) if resume else None
+    if resume:
+        log.info("resume: %s", checkpoint or "no complete checkpoint yet, starting fresh")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    out = save_servable(trainer, processor, output_dir, resolved)
+    trainer.save_state()
+    if trainer.args.process_index == 0:
+        save_resolved_config(out, resolved)
+        log.info("servable checkpoint written to %s (serve it: ovr-serve --model %s)", out, out)
+    return str(out)
+
+
+def torch_dtype(name: str | None):
+    """``model_args.dtype`` as ``from_pretrained`` takes it: ``"auto"`` or a torch dtype."""
+    import torch
+
+    if name in (None, "auto"):
+        return "auto"
+    return getattr(torch, name)
+
+
+def render_config(resolved: dict) -> str:
+    """The resolved configuration as YAML, for the log."""
+    import yaml
+
+    return yaml.safe_dump(resolved, sort_keys=False, width=120)
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
@@ -131,8 +173,6 @@ def save_servable(
     weights), then moved into ``output_dir`` with ``config.json`` last: until it lands, the directory
     does not look like a model to transformers or vLLM.
     """
-    from transformers import GenerationConfig
-
     out = Path(output_dir)
     staging = out / FINAL_STAGING
     if trainer.args.should_save and staging.exists():
@@ -140,13 +180,7 @@ def save_servable(
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(staging))
     if trainer.args.should_save:
-        processor.save_pretrained(staging)  # tokenizer, chat template, image processor
-        tokenizer = getattr(processor, "tokenizer", processor)
-        end_ids = [tokenizer.convert_tokens_to_ids(t) for t in END_TOKENS]
-        generation = GenerationConfig.from_pretrained(staging)
-        generation.eos_token_id = end_ids
-        generation.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        generation.save_pretrained(staging)
+        save_serving_files(processor, staging)
         if resolved_config is not None:
             save_resolved_config(staging, resolved_config)
         for callback in trainer.callback_handler.callbacks:
@@ -161,6 +195,19 @@ def save_servable(
         staging.rmdir()
     trainer.accelerator.wait_for_everyone()
     return out
+
+
+def save_serving_files(processor, directory: str | os.PathLike) -> None:
+    """What ovr-serve needs beside the weights: the processor (tokenizer, chat template, image
+    processor) and a generation config that stops at both end tokens."""
+    from transformers import GenerationConfig
+
+    processor.save_pretrained(directory)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    generation = GenerationConfig.from_pretrained(directory)
+    generation.eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in END_TOKENS]
+    generation.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    generation.save_pretrained(directory)
 
 
 def fix_packed_mrope_positions(model) -> bool:

@@ -23,11 +23,20 @@ import torch
 from ovr_train.rl import (
     RLScriptArguments,
     _as_trl_reward,
+    apply_schedule,
     build_rl_dataset,
+    length_at,
     parse_args,
+    parse_length_curriculum,
     reflection_counts,
 )
-from ovr_train.rl_sampling import concat_rollouts, informative_groups, select_rows
+from ovr_train.rl_sampling import (
+    concat_rollouts,
+    group_advantages,
+    informative_groups,
+    refill_seed,
+    select_rows,
+)
 from ovr_train.training_common import last_complete_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,11 +147,11 @@ def test_rl_checkpoint_is_served_by_ovr_serve_and_counts_unseen_images(tiny_rl_r
 
     from openai import OpenAI
 
-    from ovr_serve.config import ServeConfig
-    from ovr_serve.launch import start_server
-    from ovr_eval.loading import image_data_url
     from ovr_core.grading import grade_serial
     from ovr_core.synthetic import shape_counting_examples
+    from ovr_eval.loading import image_data_url
+    from ovr_serve.config import ServeConfig
+    from ovr_serve.launch import start_server
     from tests.conftest import free_port
 
     unseen = shape_counting_examples(60, seed=12345)
@@ -254,7 +263,7 @@ def test_bad_rl_rows_are_counted_and_refused_or_skipped(tmp_path):
     path = tmp_path / "rl.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     with pytest.raises(
-        DataError, match="missing_question: 1 rows.*missing_answer: 1 rows.*bad_image: 1"
+        DataError, match=r"(?s)missing_question\s+1 .*missing_answer\s+1 .*bad_image\s+1 "
     ):
         build_rl_dataset([str(path)], "error", None)
     dataset = build_rl_dataset([str(path)], "skip", None)
@@ -277,6 +286,14 @@ def test_7b_recipe_resolves_to_the_published_rl_settings(monkeypatch):
 
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
     script_args, args, model_args = parse_args(["--config", BIG])
+    stages = apply_schedule(script_args, args)
+    assert stages == [(300, 24576), (700, 32768), (900, 49152)]  # [paper] 24k -> 32k -> 48k
+    assert args.max_completion_length == 49152 and args.vllm_max_model_length >= 49152
+    # 512 prompts x 16 per update, counted in traces: here 1 process x 1 x 8192 accumulation
+    assert script_args.rollouts_per_update == 8192 and args.per_device_train_batch_size == 1
+    assert args.gradient_accumulation_steps * args.world_size == 8192
+    assert args.vllm_importance_sampling_mode == "token_truncate"
+    assert args.vllm_mode == "server" and not args.log_completions
     assert (args.learning_rate, args.adam_beta1, args.adam_beta2, args.weight_decay) == (
         1e-6,
         0.9,
@@ -316,3 +333,169 @@ def test_average_is_the_uniform_mean_and_loads(tiny_model_path, tmp_path):
     for name, value in base.items():
         torch.testing.assert_close(averaged[name], value + 0.3, atol=1e-5, rtol=1e-5)
     assert (tmp_path / "avg" / "tokenizer.json").exists()
+
+
+def test_a_multiple_choice_row_reaches_the_reward_with_its_choices(tmp_path):
+    """Grading columns (choices, precision, …) stay dataset columns, which TRL hands to every
+    reward as keyword lists (GRPOTrainer._calculate_rewards: every key but prompt/completion)."""
+    from ovr_train.rewards import REWARDS
+
+    row = {
+        "question": "Which shape is drawn?",
+        "choices": ["circle", "square", "triangle"],
+        "answer": "square",
+        "precision": 2,
+    }
+    path = tmp_path / "mc.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({"question": "1+1?", "answer": "2"}))
+    dataset = build_rl_dataset([str(path)], "error", None)
+    assert dataset[0]["choices"] == ["circle", "square", "triangle"]
+    assert dataset[0]["precision"] == 2 and dataset[1]["choices"] is None
+    reward = _as_trl_reward("accuracy", REWARDS["accuracy"], None, set())
+    inputs = [dataset[0], dataset[0]]
+    columns = {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion")}
+    completions = [
+        "<think>It has four corners.</think> \\boxed{B}",
+        "<think>Round.</think> \\boxed{A}",
+    ]
+    assert reward(completions, **columns) == [1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("stages", "parsed"),
+    [
+        (["300:24576", "700:32768", "900:49152"], [(300, 24576), (700, 32768), (900, 49152)]),
+        (["10:44", "40:48"], [(10, 44), (40, 48)]),
+        ([], []),
+    ],
+)
+def test_length_curriculum_stages_parse(stages, parsed):
+    assert parse_length_curriculum(stages) == parsed
+
+
+@pytest.mark.parametrize("bad", [["300"], ["a:1"], ["700:1", "300:2"], ["300:1", "300:2"]])
+def test_malformed_length_curriculum_is_refused_with_the_form(bad):
+    with pytest.raises(SystemExit, match="UNTIL_STEP:MAX_LENGTH|increase"):
+        parse_length_curriculum(bad)
+
+
+@pytest.mark.parametrize(
+    ("step", "length"),
+    [(0, 24576), (299, 24576), (300, 32768), (699, 32768), (700, 49152), (950, 49152)],
+)
+def test_each_step_trains_at_its_stage_length(step, length):
+    """``step`` is the global step before the update (resume from checkpoint-300 -> 32k)."""
+    stages = [(300, 24576), (700, 32768), (900, 49152)]
+    assert length_at(stages, step) == length
+
+
+def test_rollouts_per_update_sets_accumulation_or_refuses():
+    script_args, args, _ = parse_args(
+        ["--config", TINY, "rollouts_per_update=128", "per_device_train_batch_size=32"]
+    )
+    apply_schedule(script_args, args)
+    assert args.gradient_accumulation_steps == 4 and args.max_steps == 40
+    assert args.max_completion_length == 48  # the tiny curriculum's longest stage
+    script_args, args, _ = parse_args(
+        ["--config", TINY, "rollouts_per_update=100", "per_device_train_batch_size=32"]
+    )
+    with pytest.raises(SystemExit, match="not a multiple"):
+        apply_schedule(script_args, args)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ((0, 0, 0), (0, 0, 1)),
+        ((0, 0, 0), (0, 1, 0)),
+        ((0, 5, 3), (0, 5, 4)),
+        ((1, 0, 0), (0, 0, 0)),
+    ],
+)
+def test_refill_seed_differs_per_process_and_step(a, b):
+    assert refill_seed(*a) != refill_seed(*b)
+    orders = [
+        torch.randperm(50, generator=torch.Generator().manual_seed(refill_seed(*x))) for x in (a, b)
+    ]
+    assert not torch.equal(*orders), "ranks would refill with the same prompts"
+
+
+def _image_rollouts(rows, start, patches=4, dim=6):
+    out = _rollouts(3, 2, rows, start)
+    out["pixel_values"] = (
+        torch.arange(rows * patches * dim, dtype=torch.float).view(-1, dim) + start
+    )
+    out["image_grid_thw"] = torch.tensor([[1, 2, 2]] * rows)
+    out["num_images"] = [1] * rows
+    return out
+
+
+@pytest.mark.parametrize("image_first", [False, True])
+def test_a_text_round_and_an_image_round_merge_with_their_pixels(image_first):
+    """Rounds merge by the union of their keys: a text-only round (no pixel_values) and an image
+    round, in either order, keep every image row's pixels and grid."""
+    text = _rollouts(3, 2, 2, 10)
+    text.pop("num_images")
+    image = _image_rollouts(2, 20)
+    rounds = [image, text] if image_first else [text, image]
+    merged = concat_rollouts(rounds, pad_token_id=0)
+    image_rows = [0, 1] if image_first else [2, 3]
+    text_row = 2 if image_first else 0
+    picked = select_rows(merged, torch.tensor(sorted([text_row, image_rows[1]])))
+    assert picked["image_grid_thw"].tolist() == [[1, 2, 2]]
+    torch.testing.assert_close(picked["pixel_values"], image["pixel_values"][4:8])
+    assert sorted(picked["num_images"]) == [0, 1]
+    everything = select_rows(merged, torch.arange(4))
+    assert everything["pixel_values"].shape == (8, 6) and everything["image_grid_thw"].shape == (
+        2,
+        3,
+    )
+
+
+@pytest.mark.parametrize("scale", ["batch", "group", "none"])
+def test_merged_rounds_are_scaled_as_one_batch(scale):
+    """Advantages of kept groups from two rounds equal those of the same rewards scored as one
+    batch (TRL's formula); each round's own scaling would differ under batch scaling."""
+    first = torch.tensor([1.0, 0.0, 1.0, 1.0])  # groups of 2: informative, uninformative
+    second = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    merged = torch.cat([first, second])
+    got = group_advantages(merged, 2, scale)
+    grouped = merged.view(-1, 2)
+    centred = (grouped - grouped.mean(1, keepdim=True)).reshape(-1)
+    std = {
+        "batch": merged.std().expand(12),
+        "group": grouped.std(1).repeat_interleave(2),
+        "none": None,
+    }[scale]
+    expected = centred if std is None else centred / (std + 1e-4)
+    torch.testing.assert_close(got, expected)
+    per_round = torch.cat([group_advantages(first, 2, scale), group_advantages(second, 2, scale)])
+    if scale == "batch":
+        assert not torch.allclose(per_round, got), "rounds scaled by their own batch statistics"
+    else:
+        torch.testing.assert_close(per_round, got)
+
+
+def test_unscorable_rewards_are_left_out_and_get_zero_advantage():
+    rewards = torch.tensor([1.0, float("nan"), 0.0, 1.0])
+    advantages = group_advantages(rewards, 2, "group")
+    assert advantages[1] == 0 and advantages[0] == 0  # group of one scorable row: no signal
+    assert advantages[2] < 0 < advantages[3]
+
+
+def test_average_refuses_checkpoints_without_safetensors(tiny_model_path, tmp_path, capsys):
+    """A ZeRO-3 checkpoint saved without the 16-bit gather (or as .bin) has no *.safetensors: the
+    average would be configs without weights. Refused, saying how to get the weights."""
+    from transformers import AutoModelForImageTextToText
+
+    from ovr_train.average import cli
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_path)
+    model.save_pretrained(tmp_path / "good")
+    (tmp_path / "bin").mkdir()
+    shutil.copy(tmp_path / "good" / "config.json", tmp_path / "bin" / "config.json")
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    assert cli([str(tmp_path / "avg"), str(tmp_path / "good"), str(tmp_path / "bin")]) == 2
+    err = capsys.readouterr().err
+    assert "bin" in err and "safetensors" in err and "zero_to_fp32" in err
+    assert not (tmp_path / "avg").exists()
