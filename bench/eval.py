@@ -1,7 +1,7 @@
 """ovr-eval throughput: questions/s by concurrency against a real ovr-serve, and scoring answers/s.
 
     python bench/eval.py [--model DIR] [--questions 64] [--max-tokens 96] [--rounds 3]
-        [--completions 2000]
+        [--completions 2000] [--mix 1000] [--scoring-only]
 
 1. Questions/s: ``run_eval`` (the code behind ``ovr-eval run``: load, ask, grade, record) on the
    sample MATH500 and MathVista files (text and image questions, ``--questions`` of each), at
@@ -11,6 +11,11 @@
    the pooled ``Grader`` (worker processes with a hard per-sample limit, what ``ovr-eval`` and
    the RL reward use) on realistic completions: numbers, fractions, LaTeX, multiple choice, wrong
    answers, no box, cut-off traces.
+3. Graded answers/s on a mix with 1% pathological answers (exponent towers, 50k-character boxes,
+   thousands of nested braces, huge exponents, ``--mix`` answers in all), through the pooled
+   ``Grader`` with its hard per-sample limit (5 s), before (no pre-check: each bomb holds a
+   worker until it is killed, or fails it) and after (the pre-check refuses them in this
+   process, in microseconds), in one run; with the verdict statuses of each.
 
 Prints a table and writes artifacts/bench/eval.json.
 """
@@ -30,12 +35,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ovr_serve.config import ServeConfig  # noqa: E402
 from ovr_core.format import format_completion  # noqa: E402
-from ovr_serve.launch import start_server  # noqa: E402
+from ovr_core.grading import Grader, count_statuses, grade_serial  # noqa: E402
 from ovr_eval.run import RunConfig, Sampling, run_eval  # noqa: E402
 from ovr_eval.samples import write_sample_benchmarks  # noqa: E402
-from ovr_core.grading import Grader, grade_serial  # noqa: E402
+from ovr_serve.config import ServeConfig  # noqa: E402
+from ovr_serve.launch import start_server  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 LEVELS = (1, 8, 32)
@@ -50,6 +55,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=3, help="per level (median kept)")
     parser.add_argument("--completions", type=int, default=2000, help="for scoring throughput")
+    parser.add_argument("--mix", type=int, default=1000, help="answers in the 1%%-pathological mix")
+    parser.add_argument("--scoring-only", action="store_true", help="skip the server part (1)")
     parser.add_argument("--out", default=str(ROOT / "artifacts" / "bench" / "eval.json"))
     args = parser.parse_args()
     if not args.model:
@@ -57,11 +64,38 @@ def main() -> None:
 
         args.model = str(cached_tiny_model(ROOT / ".cache"))
 
-    asking = questions_per_second(args.model, args.questions, args.max_tokens, args.rounds)
+    asking = {}
+    if not args.scoring_only:
+        asking = questions_per_second(args.model, args.questions, args.max_tokens, args.rounds)
     scoring = scoring_throughput(args.completions)
+    mix = pathological_mix_throughput(args.mix)
 
+    if asking:
+        print_asking(asking, args.model)
+    print(f"\nscoring: {scoring['completions']} completions, {scoring['workers']} workers")
+    print(f"  grade_serial (in process): {scoring['serial_per_s']:8.1f} answers/s")
+    print(f"  pooled Grader (warm)     : {scoring['pooled_per_s']:8.1f} answers/s")
+    print(f"  ratio pooled / serial    : {scoring['ratio']:8.2f}x")
+    print(f"  pool start-up            : {scoring['pool_start_s']:8.2f} s")
+    print(
+        f"\n1% pathological mix: {mix['answers']} answers ({mix['pathological']} pathological), "
+        f"{mix['workers']} workers, {mix['timeout_s']:g} s limit"
+    )
+    for name in ("before", "after"):
+        r = mix[name]
+        print(f"  {name:6} ({r['what']:28}): {r['per_s']:8.1f} answers/s  {r['statuses']}")
+    print(f"  ratio after / before     : {mix['ratio']:8.2f}x")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"model": args.model, "asking": asking, "scoring": scoring, "mix": mix}
+    out.write_text(json.dumps({**report, "cpus": os.cpu_count()}, indent=2))
+    print(f"\nwritten {out}")
+
+
+def print_asking(asking: dict, model: str) -> None:
+    """The questions/s table."""
     base = asking[LEVELS[0]]["questions_per_s"]
-    print(f"\nquestions/s: ovr-eval run against ovr-serve on {args.model}")
+    print(f"\nquestions/s: ovr-eval run against ovr-serve on {model}")
     print(f"{'concurrency':>11} | {'questions':>9} {'wall s':>7} {'q/s':>7} {'speed-up':>8} | acc")
     for c, r in asking.items():
         r["speedup"] = r["questions_per_s"] / base
@@ -69,20 +103,40 @@ def main() -> None:
             f"{c:>11} | {r['questions']:>9} {r['wall_s']:>7.1f} {r['questions_per_s']:>7.2f} "
             f"{r['speedup']:>7.2f}x | {r['accuracy']:.1%}"
         )
-    print(f"\nscoring: {scoring['completions']} completions, {scoring['workers']} workers")
-    print(f"  grade_serial (in process): {scoring['serial_per_s']:8.1f} answers/s")
-    print(f"  pooled Grader (warm)     : {scoring['pooled_per_s']:8.1f} answers/s")
-    print(f"  ratio pooled / serial    : {scoring['ratio']:8.2f}x")
-    print(f"  pool start-up            : {scoring['pool_start_s']:8.2f} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {"model": args.model, "asking": asking, "scoring": scoring, "cpus": os.cpu_count()},
-            indent=2,
-        )
-    )
-    print(f"\nwritten {out}")
+
+
+PATHOLOGICAL = (
+    "9^{9^{9^{9^{9}}}}",  # sympy evaluates the tower for minutes
+    "1" + "0" * 50_000,  # a 50k-character box
+    "{" * 3000 + "7" + "}" * 3000,  # thousands of nested braces
+    "2^{999999999}",  # a number too large to evaluate
+)
+
+
+def pathological_mix_throughput(n: int, timeout: float = 5.0) -> dict:
+    """Graded answers/s on ``n`` realistic answers, 1% of them pathological, through a warm
+    pooled ``Grader`` without the pre-check, then with it (the same answers, one run)."""
+    completions, golds, choices = realistic_completions(n, seed=1)
+    for k, i in enumerate(range(50, n, 100)):  # every hundredth answer
+        completions[i] = format_completion("Let me compute.", f"\\boxed{{{PATHOLOGICAL[k % 4]}}}")
+    bombs = len(range(50, n, 100))
+    out = {"answers": n, "pathological": bombs, "timeout_s": timeout}
+    for name, precheck in (("before", False), ("after", True)):
+        with Grader(timeout=timeout, precheck=precheck) as grader:
+            grader.grade_many(completions[:1], golds[:1], choices[:1])  # starts the workers
+            grader.counts.clear()
+            start = time.perf_counter()
+            verdicts = grader.grade_many(completions, golds, choices)
+            wall = time.perf_counter() - start
+        out["workers"] = grader.workers
+        out[name] = {
+            "what": "pre-check off, hard limit only" if name == "before" else "pre-check on",
+            "wall_s": wall,
+            "per_s": n / wall,
+            "statuses": {k: v for k, v in count_statuses(verdicts).items() if v},
+        }
+    out["ratio"] = out["after"]["per_s"] / out["before"]["per_s"]
+    return out
 
 
 def questions_per_second(model: str, n: int, max_tokens: int, rounds: int) -> dict[int, dict]:
