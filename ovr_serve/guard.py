@@ -26,7 +26,6 @@ the guard misread still cannot make the server fetch a URL or read a file.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import hmac
 import io
@@ -35,6 +34,8 @@ import os
 from email.message import Message
 from pathlib import Path
 from urllib.request import url2pathname
+
+import pybase64
 
 from ovr_serve.config import GUARD_ENV, GuardSettings
 
@@ -220,7 +221,9 @@ class RequestGuard:
                 413, f"image too large: over {max_bytes} bytes encoded", "image_too_large"
             )
         try:
-            raw = base64.b64decode(data, validate=True)
+            raw = pybase64.b64decode(
+                data, validate=True
+            )  # vLLM's decoder, and ~7x the stdlib's speed
         except (binascii.Error, ValueError):
             raise GuardError(
                 400, "image data URL is not valid base64 (truncated or corrupted?)"

@@ -535,7 +535,9 @@ EXTRA_SAMPLING = {
     "min_tokens": int,
     "stop": (str, list),
     "stop_token_ids": list,
+    "bad_words": list,
     "ignore_eos": bool,
+    "n": int,  # the chat shows the first sample
 }
 
 
@@ -561,7 +563,9 @@ def parse_extra(text: str | None) -> dict:
         number = kind in (int, float) and isinstance(value, (int, float))
         if isinstance(value, bool) != (kind is bool) or not (number or isinstance(value, kind)):
             raise ValueError(f"Extra sampling parameters: {key!r} has the wrong type of value.")
-        if key in ("stop", "stop_token_ids") and isinstance(value, list):
+        if key == "n" and not 1 <= value <= 64:
+            raise ValueError("Extra sampling parameters: 'n' must be between 1 and 64.")
+        if isinstance(value, list):
             if len(value) > 16 or any(not isinstance(v, (str, int)) for v in value):
                 raise ValueError(f"Extra sampling parameters: {key!r} takes up to 16 items.")
     return params
