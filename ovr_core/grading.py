@@ -197,7 +197,7 @@ def clean_answer(text: str) -> str:
     (``°``, ``^\\circ``: MATH-V strips them), ``\\left``/``\\right``."""
     text = text.strip().strip("$").strip()
     text = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", "", text)
-    text = text.replace("\\left", "").replace("\\right", "").replace("\\!", "")
+    text = re.sub(r"\\(?:left|right)(?![a-zA-Z])", "", text).replace("\\!", "")
     text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     return re.sub(r"(?<!\.)\.\s*$", "", text).strip()
 

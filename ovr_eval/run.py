@@ -241,7 +241,13 @@ async def _run_bench(
 
         await asyncio.gather(*(one(it) for it in todo))
     bar.close()
-    scorer = cfg.judge.scorer if protocol else scorer_of(items[0].rule if items else None)
+    scorer = (
+        cfg.judge.scorer
+        if protocol
+        else scorer_of(items[0].rule, items[0].choices)
+        if items
+        else ""
+    )
     return BenchResult(
         bench,
         len(items),
@@ -261,7 +267,7 @@ def apply_verdict(record: dict, verdict: Verdict) -> dict:
         status=verdict.status,
         extracted=verdict.extracted,
         correct=verdict.status == "correct",
-        scorer=scorer_of(record.get("rule")),
+        scorer=scorer_of(record.get("rule"), record.get("choices")),
     )
     record.pop("judge", None)
     record.pop("rule_status", None)
@@ -270,9 +276,9 @@ def apply_verdict(record: dict, verdict: Verdict) -> dict:
     return record
 
 
-def scorer_of(rule: dict | None) -> str:
+def scorer_of(rule: dict | None, choices: list | None = None) -> str:
     """The name of the rule-based scorer a record was graded by (``rules:<rule>``)."""
-    return f"rules:{(rule or {}).get('name') or 'default'}"
+    return f"rules:{(rule or {}).get('name') or ('choice' if choices else 'math')}"
 
 
 async def _ask(client, model: str, sampling: Sampling, bench: str, item: Item) -> dict:
