@@ -300,6 +300,7 @@ def cmd_list(args) -> int:
         paper = ", ".join(f"{k} {v}" for k, v in b.paper.items() if v is not None)
         print(
             f"{b.name:11} {b.title:24} {path}{':' + config if config else ''} [{','.join(splits)[:40]}]  paper: {paper}"
+            f"  scored as: {b.source}" + (" (model judge with --judge-endpoint)" if b.judge else "")
         )
     return 0
 
