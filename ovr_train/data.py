@@ -221,7 +221,7 @@ def prepare_dataset(
     cache_dir: str | os.PathLike,
     limit: int | None = None,
     num_proc: int | None = None,
-    main_process_first=contextlib.nullcontext,
+    main_process_first=None,
 ):
     """The training set prepared once and cached on disk; every rank then memory-maps the same copy.
 
@@ -237,7 +237,8 @@ def prepare_dataset(
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', not {on_bad_rows!r}")
     path = Path(cache_dir) / _cache_key(sources, tokenizer, max_length, limit)
-    with main_process_first(desc="prepare the training data"):
+    first = main_process_first or (lambda desc: contextlib.nullcontext())
+    with first(desc="prepare the training data"):
         if not (path / "report.json").exists():
             _prepare_into(path, sources, tokenizer, max_length, limit, num_proc)
     report = Report.from_json((path / "report.json").read_text())

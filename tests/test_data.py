@@ -183,3 +183,47 @@ def test_data_check_command_exit_code_and_report(tmp_path, capsys):
     assert main(["data", "check", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "missing_reasoning" in out and "bad.jsonl:1" in out
+
+
+def test_data_is_prepared_once_cached_on_disk_and_read_back(tmp_path, tiny_model_path):
+    """The main process prepares (normalises, measures, writes Arrow + report) under a key of the
+    sources, tokenizer and max_length; a second reader (another rank, a resumed run) gets the
+    same rows and report from disk without preparing again; a new max_length prepares afresh."""
+    from transformers import AutoTokenizer
+
+    from ovr_train.data import prepare_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    good = {"question": "1+1?", "reasoning": "one and one", "answer": "2"}
+    long = {"question": "Count.", "reasoning": "one " * 300, "answer": "300"}
+    path = write_jsonl([good, {"question": "no answer"}, long, good], tmp_path / "d.jsonl")
+    entered = []
+
+    class MainFirst:  # stands in for TrainingArguments.main_process_first (records each use)
+        def __init__(self, desc):
+            entered.append(desc)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    cache = tmp_path / "prepared"
+    first, report, where = prepare_dataset(
+        [str(path)], "skip", tokenizer, 128, cache, main_process_first=MainFirst
+    )
+    assert len(first) == 2 and report.rows == 4 and report.bad_rows == 2
+    assert "over_max_length" in report.failures and len(report.failures) == 2
+    assert report.failures["over_max_length"] == [(str(path), 3)] and report.tokens > 0
+    assert entered == ["prepare the training data"]
+    (where / "marker").write_text("left by the first preparation")
+    again, report_again, where_again = prepare_dataset(
+        [str(path)], "skip", tokenizer, 128, cache, main_process_first=MainFirst
+    )
+    assert where_again == where and (where / "marker").exists(), "prepared twice"
+    assert again[:] == first[:] and report_again == report
+    with pytest.raises(DataError, match="on_bad_rows=skip"):
+        prepare_dataset([str(path)], "error", tokenizer, 128, cache)
+    _, longer, other = prepare_dataset([str(path)], "skip", tokenizer, 4096, cache)
+    assert other != where and "over_max_length" not in longer.failures

@@ -99,6 +99,33 @@ def test_tiny_recipe_output_is_a_complete_servable_checkpoint(tiny_run):
 
 
 @pytest.mark.slow
+def test_intermediate_checkpoints_are_servable_as_is(tiny_run):
+    """A checkpoint-N (the trainer only held the tokenizer) loads as ovr-serve loads a model: the
+    full processor with its image processor and chat template, the weights, the end tokens."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    checkpoint = Path(last_complete_checkpoint(tiny_run))
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    assert processor.chat_template and processor.image_processor is not None
+    assert (checkpoint / "preprocessor_config.json").exists() or (
+        checkpoint / "processor_config.json"
+    ).exists()
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32)
+    generation = json.loads((checkpoint / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == processor.tokenizer.convert_tokens_to_ids(
+        ["<|im_end|>", "<|endoftext|>"]
+    )
+    ids = processor.apply_chat_template(
+        [{"role": "user", "content": "1+1?"}], add_generation_prompt=True, return_tensors="pt",
+        return_dict=True,
+    )  # fmt: skip
+    assert (
+        model.generate(**ids, max_new_tokens=4, do_sample=False).shape[1]
+        > ids["input_ids"].shape[1]
+    )
+
+
+@pytest.mark.slow
 def test_tiny_recipe_teaches_the_format(tiny_run):
     """Greedy answers to unseen questions: <think>…</think> then a boxed answer."""
     from transformers import AutoModelForImageTextToText, AutoTokenizer
@@ -234,6 +261,34 @@ def test_7b_recipe_resolves_to_the_published_trl_config(monkeypatch):
     assert args.bf16 and args.gradient_checkpointing and args.packing
     assert args.hf_deepspeed_config.config["zero_optimization"]["stage"] == 3
     assert "tensorboard" in args.report_to
+    # batch 640 [paper] counted in traces; one packed 64k row per GPU (ovr-train plan)
+    assert script_args.traces_per_update == 640 and args.per_device_train_batch_size == 1
+    assert args.use_liger_kernel
+
+
+@pytest.mark.parametrize(
+    ("processes", "rows", "tokens", "kept", "packing", "steps"),
+    [
+        (8, 1, 64_000_000, 10_000, True, 8),  # 6.4k-token traces: ~10 per 64k row x 8 GPUs
+        (64, 1, 64_000_000, 10_000, True, 1),  # 8 nodes: same traces per update, fewer steps
+        (8, 1, 64_000_000, 10_000, False, 80),  # unpacked: one trace per row
+        (8, 2, 640_000_000, 10_000, True, 39),  # 64k traces fill a row each
+    ],
+)
+def test_traces_per_update_sets_accumulation_for_the_gpus(
+    processes, rows, tokens, kept, packing, steps, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from ovr_train.data import Report
+    from ovr_train.sft import set_accumulation_for_traces
+
+    args = SimpleNamespace(
+        world_size=processes, per_device_train_batch_size=rows, max_length=65536,
+        packing=packing, gradient_accumulation_steps=1,
+    )  # fmt: skip
+    set_accumulation_for_traces(640, args, Report(rows=kept, tokens=tokens))
+    assert args.gradient_accumulation_steps == steps
 
 
 def test_overrides_take_key_value_and_flags():

@@ -1,0 +1,161 @@
+"""`ovr-train plan`: the 7B recipes fit the hardware their headers name; each broken setting the
+issue found is refused with its fix named; the model arithmetic matches the real architecture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ovr_train.plan import (
+    QWEN2_5_VL_7B,
+    Hardware,
+    cli,
+    model_shape,
+    plan_recipe,
+    recipe_settings,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SFT_7B = str(ROOT / "recipes" / "ovr-7b-coldstart.yaml")
+RL_7B = str(ROOT / "recipes" / "ovr-7b-rl.yaml")
+H100_NODE = Hardware(gpus_per_node=8, gpu_mem_gb=80, nodes=1)  # what both headers name
+
+
+def _plan(stage, recipe, *overrides, hardware=H100_NODE):
+    return plan_recipe(stage, recipe_settings(stage, recipe, list(overrides)), hardware)
+
+
+@pytest.mark.parametrize(("stage", "recipe"), [("sft", SFT_7B), ("rl", RL_7B)])
+def test_both_7b_recipes_fit_an_8x_h100_node(stage, recipe, capsys):
+    plan = _plan(stage, recipe)
+    assert plan.problems == []
+    assert 30 * 2**30 < plan.peak_bytes < 0.92 * 80e9  # a real model's worth, under the card
+    assert cli(["--config", recipe]) == 0
+    out = capsys.readouterr().out
+    assert "model states, ZeRO-3 (DeepSpeed estimator)" in out and out.rstrip().endswith("fits")
+
+
+def test_the_rl_recipe_fits_at_its_longest_curriculum_stage_on_several_nodes():
+    plan = _plan("rl", RL_7B, hardware=Hardware(gpus_per_node=8, gpu_mem_gb=80, nodes=4))
+    assert plan.problems == [] and plan.tokens_per_update == 8192 * (2048 + 49152)
+
+
+# (recipe, overrides, what the refusal must name): the broken settings of issue #14
+REFUSALS = [
+    pytest.param(
+        RL_7B,
+        ["per_device_train_batch_size=16", "length_curriculum=[]", "max_completion_length=24576"],
+        "per_device_train_batch_size=1",
+        id="rl-batch-16-at-24k",
+    ),
+    pytest.param(
+        RL_7B,
+        ["vllm_importance_sampling_mode=sequence_mask"],
+        "vllm_importance_sampling_mode=token_truncate",
+        id="sequence-mask-IS-at-48k",
+    ),
+    pytest.param(
+        RL_7B,
+        ["vllm_mode=colocate", "vllm_gpu_memory_utilization=0.35", "vllm_enable_sleep_mode=true"],
+        "vllm_mode=server",
+        id="colocated-KV-too-small",
+    ),
+    pytest.param(RL_7B, ["log_completions=true"], "log_completions=false", id="log-completions"),
+    pytest.param(
+        SFT_7B,
+        ["per_device_train_batch_size=2", "use_liger_kernel=false"],
+        "per_device_train_batch_size=1",
+        id="sft-two-64k-rows",
+    ),
+    pytest.param(
+        SFT_7B,
+        ["label_smoothing_factor=0.1", "use_liger_kernel=false"],
+        "label_smoothing_factor=0",
+        id="sft-64k-full-logits",
+    ),
+]
+
+
+@pytest.mark.parametrize(("recipe", "overrides", "fix"), REFUSALS)
+def test_broken_settings_are_refused_with_the_fix(recipe, overrides, fix, capsys):
+    stage = "rl" if recipe == RL_7B else "sft"
+    plan = _plan(stage, recipe, *overrides)
+    assert len(plan.problems) == 1, plan.problems
+    assert fix in plan.problems[0]
+    assert cli(["--config", recipe, *overrides]) == 1
+    refused = [line for line in capsys.readouterr().out.splitlines() if line.startswith("REFUSED")]
+    assert len(refused) == 1 and fix in refused[0]
+
+
+def test_sft_at_64k_without_liger_still_fits_because_trl_fuses_the_lm_head():
+    """TRL 1.16's SFTTrainer projects the LM head in 4096-token tiles whatever use_liger_kernel
+    says (Liger's own fused CE is refused by it): the full 64k logits (~130 GiB) never exist."""
+    plan = _plan("sft", SFT_7B, "use_liger_kernel=false")
+    assert plan.problems == []
+    fused = plan.memory["logits + loss (TRL fused LM head)"]
+    full = plan.memory["(full logits would take)"]
+    assert fused < 3 * 2**30 and full > 100 * 2**30
+    with_liger = _plan("sft", SFT_7B)
+    assert with_liger.peak_bytes < plan.peak_bytes  # Liger's layer kernels keep fewer activations
+
+
+def test_the_batch_of_16_at_24k_is_refused_for_its_activations_not_its_logits():
+    plan = _plan(
+        "rl", RL_7B, "per_device_train_batch_size=16", "length_curriculum=[]",
+        "max_completion_length=24576",
+    )  # fmt: skip
+    assert plan.memory["(full logits would take)"] > 100e9  # the issue's figure, had TRL not fused
+    assert "layer activations" in plan.problems[0] or "checkpoints" in plan.problems[0]
+
+
+def test_the_7b_shape_is_qwen2_5_vl_7b(monkeypatch):
+    """Parameter counts from the formula equal those of transformers' Qwen2.5-VL built from the
+    same config (on the meta device: no memory, no download)."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    shape = QWEN2_5_VL_7B
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": shape.hidden,
+            "intermediate_size": shape.intermediate,
+            "num_hidden_layers": 2,
+            "num_attention_heads": shape.heads,
+            "num_key_value_heads": shape.kv_heads,
+            "vocab_size": shape.vocab,
+        },
+        vision_config={
+            "depth": shape.vision_depth,
+            "hidden_size": shape.vision_hidden,
+            "intermediate_size": shape.vision_intermediate,
+            "out_hidden_size": shape.vision_out,
+            "num_heads": 16,
+        },
+        tie_word_embeddings=False,
+    )
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    vision = sum(p.numel() for n, p in model.named_parameters() if "visual" in n)
+    text = sum(p.numel() for n, p in model.named_parameters() if "visual" not in n)
+    two_layers = shape.llm_params - (shape.layers - 2) * shape.decoder_layer_params
+    assert (vision, text) == (shape.vision_params, two_layers)
+    assert 8.2e9 < shape.llm_params + shape.vision_params < 8.4e9  # "8.29B" on the model card
+
+
+def test_a_local_checkpoint_is_planned_from_its_config(tiny_model_path):
+    shape = model_shape(str(tiny_model_path))
+    assert shape.hidden < 512 and shape.layers >= 1
+    with pytest.raises(SystemExit, match="not a known model"):
+        model_shape("somebody/unknown-model")
+
+
+def test_tiny_recipes_have_nothing_to_plan(capsys):
+    assert cli(["--config", str(ROOT / "recipes" / "tiny-rl.yaml")]) == 0
+    assert "nothing to plan" in capsys.readouterr().out
+
+
+def test_plan_is_an_ovr_train_command():
+    from ovr_train.cli import COMMANDS
+
+    assert COMMANDS["plan"][0] == "ovr_train.plan:cli"
