@@ -1,4 +1,4 @@
-.PHONY: setup setup-test serve demo test test-fast test-slow bench bench-serve bench-webui bench-sft bench-rl bench-eval lint format
+.PHONY: setup setup-test serve demo check test test-fast test-slow bench bench-serve bench-webui bench-sft bench-rl bench-eval lint format
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,13 +10,19 @@ setup:
 setup-test:
 	bash scripts/setup.sh --test
 
-# The main job: OVR-7B-RL behind vLLM's OpenAI API, with the web UI.
+# The main job: OVR-7B-RL behind vLLM's OpenAI API, with the web UI. Pre-flight first, then one
+# download bar, one status line, the ready banner; vLLM's full log goes to the file it names
+# (ARGS=--verbose streams it here instead).
 serve: setup
-	$(BIN)/ovr-serve --ui $(ARGS)
+	@$(BIN)/ovr-serve --ui $(ARGS)
 
 # Offline: the tiny test model (built on first use), with the web UI.
 demo: setup
-	$(BIN)/ovr-serve --demo --ui $(ARGS)
+	@$(BIN)/ovr-serve --demo --ui $(ARGS)
+
+# Pre-flight only, in seconds: ports, GPU/CPU, memory fit at the context length, disk, hub.
+check: setup
+	@$(BIN)/ovr-serve --check --ui $(ARGS)
 
 # Everything that runs on a CPU (real vLLM servers, trainers and browser included).
 test: setup-test

@@ -103,7 +103,8 @@ def serve(cfg: ServeConfig, dry_run: bool = False, check: bool = False) -> int:
     print(ready_message(handle, time.monotonic() - started), flush=True)
     requests = None
     if log_path is not None and not cfg.quiet:
-        requests = RequestLines(log_path, sys.stdout).start()
+        # from the banner on: requests made during start-up (the UI's model list) stay in the log
+        requests = RequestLines(log_path, sys.stdout, offset=log_path.stat().st_size).start()
     try:
         return _run_until_stopped(handle)
     finally:

@@ -8,17 +8,16 @@ a CPU machine.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ovr_core.ports import port_in_use
 from ovr_serve.config import ServeConfig
 
 GIB = 1 << 30
@@ -93,10 +92,14 @@ class Report:
         return not self.problems
 
 
-def preflight(cfg: ServeConfig, device: Device | None = None) -> Report:
-    """Every check, in the order a start-up would hit them; ``device`` skips probing (tests)."""
+def preflight(cfg: ServeConfig, device: Device | None = None, ports: bool = True) -> Report:
+    """Every check, in the order a start-up would hit them; ``device`` skips probing (tests).
+
+    ``ports=False`` in a container: its ports are its own, and Docker reports a host-side clash.
+    """
     report = Report()
-    report.problems += port_problems(cfg)
+    if ports:
+        report.problems += port_problems(cfg)
     if device is None:
         device = probe_device(cfg, report)
     if device is not None:
@@ -121,58 +124,10 @@ def preflight(cfg: ServeConfig, device: Device | None = None) -> Report:
 
 def port_problems(cfg: ServeConfig) -> list[str]:
     """The endpoint's port (and the UI's with --ui) must be free; name what holds it."""
-    wanted = [("endpoint", cfg.host, cfg.port, "--port")]
+    wanted = [port_in_use("endpoint", cfg.host, cfg.port, "--port")]
     if cfg.ui:
-        wanted.append(("web UI", cfg.ui_host, cfg.ui_port, "--ui_port"))
-    problems = []
-    for what, host, port, flag in wanted:
-        if port_is_free(host, port):
-            continue
-        holder = port_holder(port)
-        by = f" by {holder}" if holder else ""
-        problems.append(
-            f"port {port} ({what}) is already in use{by}: stop it, or pick another with {flag} {free_port_near(host, port)}"
-        )
-    return problems
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """Can a server bind ``host:port`` now (as uvicorn would, with SO_REUSEADDR)?"""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            if e.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
-
-
-def port_holder(port: int) -> str | None:
-    """'python3 (pid 1234: ovr-serve --demo)' for the process listening on ``port``, if visible."""
-    try:
-        import psutil
-
-        for conn in psutil.net_connections(kind="inet"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-                if not conn.pid:
-                    return None
-                proc = psutil.Process(conn.pid)
-                cmd = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(proc.cmdline()))
-                return f"{proc.name()} (pid {conn.pid}: {cmd[:80]})"
-    except Exception:  # psutil missing, or not allowed to look: say less, never fail the check
-        return None
-    return None
-
-
-def free_port_near(host: str, port: int) -> int:
-    """The first free port above ``port`` (what the one-line fix suggests)."""
-    for candidate in range(port + 1, min(port + 200, 65535)):
-        if port_is_free(host, candidate):
-            return candidate
-    return 0
+        wanted.append(port_in_use("web UI", cfg.ui_host, cfg.ui_port, "--ui_port"))
+    return [p for p in wanted if p]
 
 
 # --- device ----------------------------------------------------------------------------------------

@@ -240,7 +240,10 @@ def test_download_shows_one_bar_and_a_dropped_transfer_resumes(local_hub, tmp_pa
     assert not (path / "pytorch_model.bin").exists()
     gets = [(n, r) for m, n, r in _Hub.requests if m == "GET" and n == "model.safetensors"]
     kept = len(weights) // 2 // DOWNLOAD_CHUNK_SIZE * DOWNLOAD_CHUNK_SIZE  # what was written
-    assert kept > 0 and gets == [("model.safetensors", None), ("model.safetensors", f"bytes={kept}-")]
+    assert kept > 0 and gets == [
+        ("model.safetensors", None),
+        ("model.safetensors", f"bytes={kept}-"),
+    ]
     lines = screen.getvalue().strip().splitlines()
     total = len(weights) + len(_Hub.files["config.json"])
     assert len(lines) == 1, lines  # one bar (not a TTY: written once, at the end)
@@ -299,3 +302,15 @@ def test_vllm_log_lines_become_forward_moving_phases(tmp_path):
         "starting the HTTP server",
     ]
     assert phase_of("INFO: 127.0.0.1:1 - GET /health 200") is None
+
+
+def test_container_refuses_a_model_that_cannot_fit_before_exec(tmp_path, monkeypatch, capsys):
+    from ovr_serve import docker_entry
+
+    (tmp_path / "config.json").write_text(json.dumps(QWEN2_5_VL_7B_CONFIG))
+    env = {"OVR_MODEL": str(tmp_path), "OVR_DEVICE": "cpu", "OVR_CPU_KVCACHE_GIB": "1"}
+    execs = []
+    monkeypatch.setattr(docker_entry.os, "execvpe", lambda *a: execs.append(a))
+    assert docker_entry.main([], environ=env) == 2 and execs == []
+    err = capsys.readouterr().err
+    assert "lower max_model_len to 18432" in err and "cpu_kvcache_gib" in err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ovr_core.format import THINK_OPEN
+from ovr_core.ports import port_in_use
 from ovr_core.wire import SAMPLING
 from webui import conversation as conv
 from webui.example_images import EXAMPLES_DIR, example_paths
@@ -44,11 +46,49 @@ mark.ovr-behaviour { background: rgba(250, 204, 21, .35); border-radius: 3px; pa
 MARKS_JS = """(on) => { document.getElementById('ovr-chat').classList.toggle('ovr-plain', !on); }"""
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: parse flags and environment, build the app, serve it."""
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: check the port, build the app, serve it; the ready banner comes last."""
     settings = parse_settings(argv)
-    print(f"OVR web UI on http://{settings.host}:{settings.port} -> {settings.endpoint}")
-    launch(build_app(settings), settings)
+    problem = port_in_use("web UI", settings.host, settings.port, "--port")
+    if problem:
+        print(f"ovr-webui: {problem}", file=sys.stderr)
+        return 2
+    note = endpoint_note(settings)
+    app = build_app(settings)
+    launch(app, settings, quiet=True, prevent_thread_lock=True)
+    print(ready_banner(settings, note), flush=True)
+    try:
+        app.block_thread()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def endpoint_note(settings: UISettings) -> str | None:
+    """One line when the endpoint does not answer yet (the UI starts anyway and shows the error)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    try:
+        status = httpx.get(settings.endpoint + "/models", headers=headers, timeout=3.0).status_code
+    except httpx.HTTPError as e:
+        return f"the endpoint does not answer yet ({type(e).__name__}); chats show the error until it does"
+    if status == 401:
+        return "the endpoint refuses the key: export OVR_API_KEY=<the server's key>"
+    return None if status == 200 else f"the endpoint answers /models with HTTP {status}"
+
+
+def ready_banner(settings: UISettings, note: str | None = None) -> str:
+    """What `ovr-webui` prints once it serves: its URL, the endpoint, the login, how to stop."""
+    root = (settings.root_path or "").rstrip("/")
+    lines = [f"OVR web UI is ready: http://{settings.host}:{settings.port}{root}"]
+    model = f" (model: {settings.model})" if settings.model else ""
+    lines.append(f"  endpoint: {settings.endpoint}{model}")
+    if note:
+        lines.append(f"  note: {note}")
+    lines.append(f"  login: {len(settings.auth)} user(s)" if settings.auth else "  login: none")
+    lines.append("Ctrl-C stops it.")
+    return "\n".join(lines)
 
 
 def launch(app: gr.Blocks, settings: UISettings, **kwargs):
@@ -587,4 +627,4 @@ def _last_index(conversation: list[dict], role: str) -> int | None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
