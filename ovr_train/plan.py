@@ -185,9 +185,12 @@ class Plan:
         return "\n".join(lines)
 
 
-def plan_recipe(stage: str, settings: dict, hardware: Hardware, prompt_tokens: int = 2048) -> Plan:
-    """The plan of a resolved recipe (``settings``: its keys with TRL's defaults filled in)."""
-    shape = model_shape(settings["model_name_or_path"])
+def plan_recipe(
+    stage: str, settings: dict, hardware: Hardware, prompt_tokens: int = 2048, shape=None
+) -> Plan:
+    """The plan of a resolved recipe (``settings``: its keys with TRL's defaults filled in);
+    ``shape`` overrides the model's (the GPU check plans its few-layer model)."""
+    shape = shape or model_shape(settings["model_name_or_path"])
     plan = Plan(stage=stage, model=shape.name, hardware=hardware)
     zero = zero_stage(settings.get("deepspeed"))
     if stage == "sft":
@@ -330,7 +333,8 @@ def loss_bytes(shape: ModelShape, stage: str, settings: dict, tokens: int) -> di
     (trl/trainer/sft_trainer.py: "Label smoothing needs the full logits").
     """
     full = 14.0 * tokens * shape.vocab
-    fused = FUSED_TOKEN_TILE * FUSED_VOCAB_TILE * (2 + 4) + 7 * 4 * tokens
+    tile = min(tokens, FUSED_TOKEN_TILE) * min(shape.vocab, FUSED_VOCAB_TILE)
+    fused = tile * (2 + 4) + 7 * 4 * tokens
     hidden = 2 * 2 * shape.hidden * tokens
     unfused = stage == "sft" and float(settings.get("label_smoothing_factor") or 0) > 0
     if unfused:

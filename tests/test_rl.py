@@ -130,6 +130,16 @@ def test_tiny_rl_logs_the_rl_dynamics_and_plots_them(tiny_rl_run):
 
 
 @pytest.mark.slow
+def test_length_curriculum_runs_both_stages_in_one_command_across_the_resume(tiny_rl_run):
+    """recipes/tiny-rl.yaml's two stages (44 tokens to step 10, then 48): the run killed at step
+    12 resumed from checkpoint-10 into the second stage; no completion of stage one is longer."""
+    logged = {e["step"]: e for e in _history(tiny_rl_run) if "loss" in e}
+    lengths = {step: e["curriculum/max_completion_length"] for step, e in logged.items()}
+    assert lengths == {s: 44.0 if s <= 10 else 48.0 for s in range(1, STEPS + 1)}
+    assert max(logged[s]["completions/max_length"] for s in range(1, 11)) <= 44
+
+
+@pytest.mark.slow
 def test_resume_after_kill_continues_at_the_checkpoint_step(tiny_rl_run):
     steps = [e["step"] for e in _history(tiny_rl_run) if "loss" in e]
     assert steps == list(range(1, STEPS + 1)), "each step logged once: resumed at step 11"
