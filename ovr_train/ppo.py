@@ -8,7 +8,7 @@ GRPO trainer's machinery: same vLLM rollouts, rewards, dynamic sampling, logging
 which hooks TRL's GRPOTrainer at two points:
 
 - inside every rollout round (under dynamic sampling), the scalar reward of each rollout is kept as
-  a ``rewards`` column (TRL keeps only its group advantage);
+  a ``ppo_rewards`` column (TRL keeps only its group advantage);
 - after the rollout batch is complete, the critic scores every prefix ``V(s_t)`` of each response,
   GAE turns the terminal reward into per-token advantages ``A_t`` (with gamma = lambda = 1:
   ``A_t = R - V(s_t)``, the critic at every prefix, not one baseline per prompt), the critic is
@@ -33,6 +33,7 @@ logger = logging.getLogger("ovr_train.ppo")
 CRITIC_DIR = "critic"  # inside checkpoint-N/
 CRITIC_WEIGHTS = "critic.safetensors"
 CRITIC_STATE = "critic_optimizer.pt"
+REWARDS_KEY = "ppo_rewards"  # our own column: the rollout batch may carry others' "rewards"
 
 
 @dataclass
@@ -234,7 +235,7 @@ def ppo_trainer_class(base: type) -> type:
 
     class ScoredRollouts(grpo):
         """Innermost layer (inside dynamic sampling): each rollout round's scalar rewards as a
-        ``rewards`` column of TRL's batch, so selecting rows keeps them aligned."""
+        ``ppo_rewards`` column of TRL's batch, so selecting rows keeps them aligned."""
 
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
             per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -248,7 +249,7 @@ def ppo_trainer_class(base: type) -> type:
             rewards = torch.nan_to_num((per_func * weights).nansum(dim=1), nan=0.0)
             n = out["completion_ids"].size(0)
             start = self.accelerator.process_index * n
-            out["rewards"] = rewards[start : start + n].to(out["completion_ids"].device)
+            out[REWARDS_KEY] = rewards[start : start + n].to(out["completion_ids"].device)
             return out
 
     return type(f"PPO{base.__name__}", (CriticTraining, base, ScoredRollouts), {})
@@ -270,7 +271,7 @@ class CriticTraining:
         self._ensure_critic()
         args = self.ppo_args
         mask = out["completion_mask"] * out.get("tool_mask", 1)
-        rewards = out.pop("rewards")
+        rewards = out.pop(REWARDS_KEY)
         old_values = self._critic_values(out)
         advantages, returns = gae(
             terminal_rewards(rewards, mask), old_values, mask, args.gamma, args.lam
@@ -375,7 +376,9 @@ class CriticTraining:
         metrics = self._metrics["train"]
         metrics["ppo/value_loss"].append(self._mean_over_processes(losses[0]))
         metrics["ppo/value_loss_last"].append(self._mean_over_processes(losses[-1]))
-        metrics["ppo/value_clip_fraction"].append(self._mean_over_processes(clipped[0]))
+        metrics["ppo/value_clip_fraction"].append(  # 0 on the first step: values = old values
+            self._mean_over_processes(sum(clipped) / len(clipped))
+        )
         metrics["ppo/critic_lr"].append(self.critic_scheduler.get_last_lr()[0])
 
     def _critic_backward(self, loss: torch.Tensor) -> None:
