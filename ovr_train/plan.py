@@ -160,9 +160,9 @@ class Plan:
             f"{hw.gpus_per_node} GPU(s) of {hw.gpu_mem_gb:g} GB",
             "memory per GPU:",
         ]
-        lines += [f"  {name:<44} {value / GiB:8.2f} GiB" for name, value in self.memory.items()]
+        lines += [f"  {name:<50} {value / GiB:8.2f} GiB" for name, value in self.memory.items()]
         lines.append(
-            f"  {'total (peak)':<44} {self.peak_bytes / GiB:8.2f} GiB of "
+            f"  {'total (peak)':<50} {self.peak_bytes / GiB:8.2f} GiB of "
             f"{hw.gpu_mem_gb * 1e9 / GiB:.1f} GiB ({HEADROOM:.0%} usable)"
         )
         lines.append(f"tokens per update: {self.tokens_per_update:,}")
