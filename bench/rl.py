@@ -2,13 +2,15 @@
 
     python bench/rl.py                    # ~100M-param random Qwen2.5-VL, 16 prompts, up to 512 tokens
     python bench/rl.py --prompts 8 --max-tokens 256 --skip-step
+    python bench/rl.py --only-step         # GRPO vs PPO step time split only
 
 1. Rollout tokens/s: vLLM (offline engine, eager, CPU or GPU) against transformers' ``generate`` on the
    same model and prompts; output lengths vary (uniform in [max/8, max], EOS ignored) as RL rollouts do,
    and ``generate`` pads every sequence of a batch to the longest, which is the cost it pays.
 2. Reward throughput: the accuracy reward on 512 completions, serially in process vs the pooled
    grader of ``ovr_train.rewards`` (when that module provides one).
-3. Time split of RL steps of the tiny recipe: generate / reward / train / sync.
+3. Time split of RL steps of the tiny recipes, GRPO against PPO (same prompts and seed):
+   generate / score / critic / sync / policy, and PPO's step time over GRPO's.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--skip-step", action="store_true", help="skip the RL step time split")
+    parser.add_argument("--only-step", action="store_true", help="only the GRPO/PPO step split")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
-    model_dir = bench_model()
-    rollout(model_dir, args.prompts, args.max_tokens)
-    rewards()
+    if not args.only_step:
+        model_dir = bench_model()
+        rollout(model_dir, args.prompts, args.max_tokens)
+        rewards()
     if not args.skip_step:
         step_split()
     return 0
@@ -146,8 +150,29 @@ def rewards() -> None:
     print(f"  ratio pooled / serial: {serial / pooled:.2f}x")
 
 
-def step_split() -> None:
-    """Time the phases of a few tiny-recipe RL steps by wrapping the trainer's methods."""
+def step_split(steps: int = 5) -> None:
+    """Time the phases of a few tiny-recipe RL steps, GRPO against PPO, by wrapping the trainer's
+    methods: generate (vLLM), score (rewards), critic (PPO: values + critic updates), sync (weights
+    into vLLM), policy (the rest of a step: log-probs, forward/backward, optimizer)."""
+    grpo = timed_steps(ROOT / "recipes" / "tiny-rl.yaml", steps)
+    ppo = timed_steps(ROOT / "recipes" / "tiny-rl-ppo.yaml", steps)
+    print(f"RL step time split (tiny recipes, {steps} steps each, same prompts and seed):")
+    print(f"  {'phase':<10} {'GRPO s/step':>12} {'PPO s/step':>12} {'PPO/GRPO':>9}")
+    for phase in ("generate", "score", "critic", "sync", "policy", "total"):
+        g, p = grpo.get(phase, 0.0) / steps, ppo.get(phase, 0.0) / steps
+        ratio = f"{p / g:8.2f}x" if g > 0 else "       -"
+        print(f"  {phase:<10} {g:12.3f} {p:12.3f} {ratio}")
+    for name, spent in (("GRPO", grpo), ("PPO", ppo)):
+        shares = ", ".join(
+            f"{k} {spent.get(k, 0.0) / spent['total']:.0%}"
+            for k in ("generate", "score", "critic", "sync", "policy")
+        )
+        print(f"  {name} step: {shares}")
+
+
+def timed_steps(recipe: Path, steps: int) -> dict[str, float]:
+    """Seconds spent in each phase over ``steps`` steps of ``recipe``; vLLM's start-up (before
+    training) and the critic's one-off creation (first PPO step) are left out."""
     import tempfile
     from collections import defaultdict
 
@@ -173,31 +198,35 @@ def step_split() -> None:
         vg = self.vllm_generation
         vg.generate = timed("generate", vg.generate)
         vg.sync_weights = timed("sync", vg.sync_weights)
-        self._calculate_rewards = timed("reward", self._calculate_rewards)
-        self.training_step = timed("step_total", self.training_step)
+        self._calculate_rewards = timed("score", self._calculate_rewards)
+        self.training_step = timed("total", self.training_step)
+        if hasattr(self, "_train_critic"):  # PPO
+            self._critic_values = timed("critic", self._critic_values)
+            self._train_critic = timed("critic", self._train_critic)
+            self._ensure_critic = timed("setup", self._ensure_critic)
 
     rl.OVRRLTrainer.__init__ = init
-    steps = 5
-    with tempfile.TemporaryDirectory() as out:
-        transformers.logging.set_verbosity_error()
-        rl.main(
-            *rl.parse_args(
-                [
-                    "--config",
-                    str(ROOT / "recipes" / "tiny-rl.yaml"),
-                    f"output_dir={out}",
-                    f"max_steps={steps}",
-                    "save_strategy=no",
-                    "report_to=none",
-                    "dynamic_sampling=false",
-                ]
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            transformers.logging.set_verbosity_error()
+            rl.main(
+                *rl.parse_args(
+                    [
+                        "--config",
+                        str(recipe),
+                        f"output_dir={out}",
+                        f"max_steps={steps}",
+                        "save_strategy=no",
+                        "report_to=none",
+                        "dynamic_sampling=false",
+                    ]
+                )
             )
-        )
-    total = spent.pop("step_total")
-    spent["train (forward/backward/optimizer, logps)"] = total - sum(spent.values())
-    print(f"RL step time split (tiny recipe, {steps} steps, {total / steps:.2f}s/step):")
-    for name, seconds in spent.items():
-        print(f"  {name:<42} {seconds / total:6.1%}")
+    finally:
+        rl.OVRRLTrainer.__init__ = original_init
+    spent["total"] -= spent.pop("setup", 0.0)
+    spent["policy"] = spent["total"] - sum(v for k, v in spent.items() if k != "total")
+    return dict(spent)
 
 
 if __name__ == "__main__":

@@ -324,9 +324,19 @@ class CriticTraining:
             # Untested here (no GPU in the test suite): a second engine with the policy's ZeRO config.
             import deepspeed
 
+            # One critic step = one pass over the rollout batch: DeepSpeed steps the optimizer
+            # every `gradient_accumulation_steps` micro-batches, so that is the pass's length.
             config = dict(self.accelerator.state.deepspeed_plugin.deepspeed_config)
             config.pop("optimizer", None)
             config.pop("scheduler", None)
+            rows = args.per_device_train_batch_size * args.steps_per_generation
+            micro = self.ppo_args.critic_micro_batch_size or args.per_device_train_batch_size
+            config["train_micro_batch_size_per_gpu"] = micro
+            config["gradient_accumulation_steps"] = -(-rows // micro)
+            config["train_batch_size"] = (
+                micro * config["gradient_accumulation_steps"] * args.world_size
+            )
+            config["gradient_clipping"] = args.max_grad_norm
             engine, optimizer, _, scheduler = deepspeed.initialize(
                 model=critic, optimizer=optimizer, lr_scheduler=scheduler, config=config
             )
@@ -383,14 +393,15 @@ class CriticTraining:
 
     def _critic_backward(self, loss: torch.Tensor) -> None:
         if self.is_deepspeed_enabled:
-            self.critic.backward(loss)
+            # the engine divides by its accumulation steps; our weights already sum to one pass
+            self.critic.backward(loss * self.critic.gradient_accumulation_steps())
+            self.critic.step()  # steps the optimizer only at the end of the pass
         else:
             loss.backward()
 
     def _critic_step(self) -> None:
         if self.is_deepspeed_enabled:
-            self.critic.step()
-            return
+            return  # stepped in _critic_backward
         if self.args.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.args.max_grad_norm)
         self.critic_optimizer.step()
