@@ -297,3 +297,24 @@ def test_judge_scorers_send_the_official_prompts_and_count_unreadable_replies(
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert f"judge:{ovr_server.model}" in md
+
+
+def test_run_with_a_judge_scores_as_it_goes_and_says_so(ovr_server, tmp_path, capsys):
+    data = write_sample_benchmarks(tmp_path / "benchmarks", n=2)
+    out = tmp_path / "run"
+    key = ["--api-key", ovr_server.api_key, "--judge-api-key", ovr_server.api_key]
+    args = ["run", "--endpoint", ovr_server.base_url, "--model", ovr_server.model, *key]
+    args += ["--bench", "mathvista,math500", "--out", str(out), "--no-progress"]
+    args += ["--data", f"mathvista={data['mathvista']}", "--data", f"math500={data['math500']}"]
+    args += ["--temperature", "0", "--max-tokens", "96", "--judge-endpoint", ovr_server.base_url]
+    args += ["--judge-model", ovr_server.model, "--judge-max-tokens", "16"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"by judge:{ovr_server.model}" in printed and "math500: " in printed
+    for r in read_records(out / "mathvista.jsonl"):
+        judged = r["scorer"] == f"judge:{ovr_server.model}"
+        assert judged or r["status"] in ("unclosed", "refused"), r
+        if judged:
+            assert r["judge"]["prompts"][0].startswith("Please read the following example.")
+            assert r["status"] in ("correct", "wrong", "unjudged")
+    assert {r["scorer"] for r in read_records(out / "math500.jsonl")} == {"rules:math"}
