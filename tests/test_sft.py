@@ -116,8 +116,8 @@ def test_intermediate_checkpoints_are_servable_as_is(tiny_run):
         ["<|im_end|>", "<|endoftext|>"]
     )
     ids = processor.apply_chat_template(
-        [{"role": "user", "content": "1+1?"}], add_generation_prompt=True, return_tensors="pt",
-        return_dict=True,
+        [{"role": "user", "content": "1+1?"}], add_generation_prompt=True, tokenize=True,
+        return_tensors="pt", return_dict=True,
     )  # fmt: skip
     assert (
         model.generate(**ids, max_new_tokens=4, do_sample=False).shape[1]
