@@ -2,16 +2,18 @@
 
     ovr-train rl --config recipes/tiny-rl.yaml                          # 2-core CPU, ~1 minute
     ovr-train rl --config recipes/tiny-rl.yaml max_steps=60 --resume
+    ovr-train plan --config recipes/ovr-7b-rl.yaml                      # fits? (checked again at start)
     accelerate launch --num_processes 8 --use_deepspeed \\
         --deepspeed_config_file recipes/deepspeed/zero3.json -m ovr_train.rl \\
-        --config recipes/ovr-7b-rl.yaml                                 # the published-settings recipe
+        --config recipes/ovr-7b-rl.yaml vllm_server_base_url=http://ROLLOUT_NODE:8000
 
 Settings come from the YAML file, then ``key=value`` overrides; the names are those of
 `RLScriptArguments` below, TRL's `GRPOConfig` and `ModelConfig`. Data rows are image(s) + question +
 gold answer; rewards are registry functions (`ovr_train.rewards`) picked and weighted by the recipe.
 What we add to TRL, each at a narrow point: the colocated-vLLM fixes (`ovr_train.vllm_colocate`),
-dynamic sampling (`ovr_train.rl_sampling`), behaviour-phrase counts (the rules of `ovr-eval behaviours`) and RL curves in the logs, safe
-checkpoints and resume (`ovr_train.training_common`). The output directory is servable as is:
+dynamic sampling (`ovr_train.rl_sampling`), the length curriculum (stages by step, so one command
+resumes across them), behaviour-phrase counts (the rules of `ovr-eval behaviours`) and RL curves in
+the logs, safe checkpoints and resume (`ovr_train.training_common`). The output directory is servable as is:
 ``ovr-serve --model OUTPUT_DIR``.
 """
 

@@ -182,3 +182,28 @@ def test_gpu_check_script_parses_and_its_python_runs_in_smoke_mode(tmp_path):
         assert measured["steps"] == 2 and measured["tokens_per_second"] > 0
         assert measured["predicted_memory_gib"] > 0 and measured["predicted_tokens_per_second"] > 0
         assert "logits + loss (TRL fused LM head)" in measured["predicted_parts_gib"]
+
+
+@pytest.mark.parametrize(("stage", "recipe"), [("sft", SFT_7B), ("rl", RL_7B)])
+def test_training_checks_the_same_settings_the_cli_plans(stage, recipe, monkeypatch):
+    """`ovr-train sft|rl` plan from their parsed dataclasses (check_before_training); the CLI from
+    the YAML over TRL's defaults: both must see the same recipe, refusals included."""
+    pytest.importorskip("deepspeed")
+    import transformers.training_args
+
+    from ovr_train.plan import check_before_training, normalise, settings_of
+
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
+    if stage == "sft":
+        from ovr_train.sft import parse_args
+    else:
+        from ovr_train.rl import apply_schedule, parse_args
+    for overrides in ([], ["per_device_train_batch_size=16"]):
+        parsed = parse_args(["--config", recipe, *overrides])
+        if stage == "rl":
+            apply_schedule(parsed[0], parsed[1])
+        from_training = plan_recipe(stage, normalise(stage, settings_of(*parsed)), H100_NODE)
+        from_cli = _plan(stage, recipe, *overrides)
+        assert from_training.memory == from_cli.memory
+        assert from_training.problems == from_cli.problems
+        check_before_training(stage, *parsed)  # no GPU here: skipped, never refuses
