@@ -24,7 +24,8 @@ import json
 import time
 from pathlib import Path
 
-from ovr_train.plan import QWEN2_5_VL_7B, Hardware, ModelShape, plan_recipe
+from ovr_train.model_shapes import QWEN2_5_VL_7B, ModelShape
+from ovr_train.plan import Hardware, plan_recipe
 
 SMOKE_SHAPE = ModelShape(
     name="smoke",
