@@ -225,7 +225,7 @@ def prepare_dataset(
 ):
     """The training set prepared once and cached on disk; every rank then memory-maps the same copy.
 
-    Pass ``main_process_first=training_args.main_process_first``: the main process streams the
+    Pass ``main_process_first=training_args.main_process_first``: each node's main process streams the
     rows (normalised one at a time to a JSONL file, never all in RAM), measures token lengths in
     ``num_proc`` processes, writes an Arrow dataset and its `Report` to ``cache_dir/<key>/``; the
     other ranks wait, then read it. The key covers the sources (path, size, mtime), the tokenizer,
@@ -289,7 +289,14 @@ def _prepare_into(path: Path, sources, tokenizer, max_length, limit, num_proc) -
     (tmp / "examples.jsonl").unlink()
     (tmp / "report.json").write_text(report.to_json())  # last: its presence marks a whole cache
     tmp.chmod(0o755)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another node's main process (shared filesystem) finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (path / "report.json").exists():
+            raise
 
 
 def _write_dataset(tmp: Path, tokenizer, max_length, num_proc, report: Report) -> None:
