@@ -255,9 +255,10 @@ def _per_step(run, key) -> dict[int, float]:
 def test_tiny_ppo_learns_to_count_and_its_critic_the_expected_reward(tiny_ppo_run):
     """As the GRPO run (tests/test_rl.py): sampled accuracy of steps 1-3 vs the last 10 rises by 0.3
     to at least 0.5 (an image-blind policy scores at most ~0.36). The critic follows the policy's
-    expected reward (its mean value within 0.15 of the batch's accuracy over the last 10 steps,
-    measured: 0.88 vs 0.89, per-step gap 0.08) and explains the returns at least as well as that mean does (explained
-    variance from -4.8 to ~0: in 40 steps it does not yet tell right answers from wrong ones)."""
+    expected reward (its mean value within 0.15 of the batch's accuracy over the last 10 steps;
+    measured 0.88 vs 0.89, per-step gap 0.08) and explains the returns at least as well as that
+    mean does (explained variance -4.8 -> ~0: in 40 steps it does not yet tell right answers from
+    wrong ones)."""
     acc = _per_step(tiny_ppo_run, "rewards/accuracy/mean")
     ev = _per_step(tiny_ppo_run, "ppo/explained_variance")
     value = _per_step(tiny_ppo_run, "ppo/value_mean")
