@@ -193,6 +193,8 @@ def test_deep_json_is_a_400_not_a_500(guard):
         refused(guard, {**chat({"type": "text", "text": "hi"}), "metadata": nested}).status == 400
     )
     assert refused(guard, b'"just a string"').status == 400
+    assert refused(guard, b'{"model": "ovr", "seed": ' + b"9" * 5000 + b"}").status == 400
+    assert refused(guard, '{"a": 1}'.encode("utf-32")[:7]).status == 400
 
 
 @pytest.mark.parametrize(

@@ -171,6 +171,12 @@ def _encode(body: dict, encoding: str) -> bytes:
     if encoding == "duplicate keys":  # the last "messages" wins in every JSON parser we use
         good = {"role": "user", "content": QUESTION}
         return ('{"messages": [' + json.dumps(good) + "], " + json.dumps(body)[1:]).encode()
+    if encoding == "huge number":  # over Python's 4300-digit int limit: json.loads raises
+        return (
+            json.dumps(body)
+            .replace('"model": "ovr"', '"seed": ' + "9" * 5000 + ', "model": "ovr"')
+            .encode()
+        )
     raise AssertionError(encoding)
 
 
@@ -202,7 +208,9 @@ def hostile_requests(draw, port: int, key: str):
         value, data = MEDIA_VALUES[name]
     shape = draw(st.sampled_from(sorted(_containers(value, data))))
     wrap = draw(st.sampled_from(["none", "nested list", "deep", "media override"]))
-    encoding = draw(st.sampled_from(["utf-8", "escaped", "utf-16", "duplicate keys"]))
+    encoding = draw(
+        st.sampled_from(["utf-8", "escaped", "utf-16", "duplicate keys", "huge number"])
+    )
     headers = draw(st.sampled_from(["plain"] * 4 + [k for k in _headers_kinds() if k != "plain"]))
     body = _encode(_body(route, _containers(value, data)[shape], wrap), encoding)
     return method, route, body, _headers(headers, key), (name, shape, wrap, encoding, headers)
