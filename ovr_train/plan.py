@@ -180,19 +180,20 @@ def activation_bytes(shape: ModelShape, settings: dict, tokens: int) -> dict:
     """Activations of one micro-batch of ``tokens`` tokens.
 
     Gradient checkpointing (transformers' per-decoder-layer checkpoints) keeps each layer's bf16
-    input, and recomputes one layer at a time in the backward pass, whose saved tensors are
-    counted per token after Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
-    Transformer Models", §4.1), adapted to this layer: FlashAttention (no s^2 scores), GQA, no
-    dropout, HF RMSNorm's fp32 copies (4h+4h+2h bytes each, two per layer), SwiGLU (gate, up,
-    SiLU(gate), product: 4 x 2i bytes), q/k/v/out and RoPE copies (8h + 8kv bytes), plus the
-    backward's transient gradients (2 x 2i + 2 x 2h bytes). Liger's RMSNorm/SwiGLU/RoPE kernels
-    keep only bf16 inputs (norms 2 x 2h, MLP gate+up 2 x 2i).
+    input and recomputes one layer at a time in the backward pass. That layer's saved tensors, per
+    token, after Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+    Models", §4.1) adapted to Qwen2.5's layer and checked against what autograd saves
+    (tests/test_plan.py): two HF RMSNorms, each its fp32 input, the bf16 product and the bf16
+    output (4h + 2h + 2h bytes); attention with GQA and a fused kernel (no s^2 scores): q and its
+    RoPE copy, k/v and k's RoPE copy, the output (4h + 8kv); the SwiGLU MLP: gate, up, SiLU(gate),
+    product (4 x 2i). Liger's kernels keep bf16 RMSNorm input and output (2 x (2h + 2h)) and
+    SwiGLU's gate, up and product (3 x 2i). Plus the backward's transient gradients (2 x 2i + 2 x 2h).
     """
     h, i, kv = shape.hidden, shape.intermediate, shape.kv_heads * shape.head_dim
     liger = bool(settings.get("use_liger_kernel"))
-    norms = 2 * 2 * h if liger else 2 * (4 * h + 4 * h + 2 * h)
-    mlp = 2 * h + (2 * 2 * i if liger else 4 * 2 * i)
-    layer_saved = norms + 8 * h + 8 * kv + mlp
+    norms = 2 * (2 * h + 2 * h) if liger else 2 * (4 * h + 2 * h + 2 * h)
+    mlp = 3 * 2 * i if liger else 4 * 2 * i
+    layer_saved = norms + 4 * h + 8 * kv + mlp
     transient = 2 * 2 * i + 2 * 2 * h
     if settings.get("gradient_checkpointing", False):
         checkpoints = shape.layers * tokens * 2 * h

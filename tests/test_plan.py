@@ -207,3 +207,45 @@ def test_training_checks_the_same_settings_the_cli_plans(stage, recipe, monkeypa
         assert from_training.memory == from_cli.memory
         assert from_training.problems == from_cli.problems
         check_before_training(stage, *parsed)  # no GPU here: skipped, never refuses
+
+
+def test_layer_activation_formula_matches_what_autograd_saves():
+    """The plan's per-layer activations (no checkpointing, HF layers) against the bytes of the
+    tensors autograd keeps for backward in a real Qwen2.5-VL decoder layer (bf16, CPU, GQA),
+    counted through saved-tensor hooks: the difference between a 2- and a 1-layer model."""
+    import dataclasses
+
+    import torch
+
+    from ovr_train.gpu_check import SMOKE_SHAPE, build_model
+    from ovr_train.plan import activation_bytes
+
+    tokens = 512
+    shape = dataclasses.replace(
+        SMOKE_SHAPE, hidden=512, intermediate=1408, heads=4, kv_heads=1, vocab=512
+    )
+
+    def saved_bytes(layers: int) -> int:
+        model = build_model(dataclasses.replace(shape, layers=layers), "cpu").to(torch.bfloat16)
+        model.gradient_checkpointing_disable()
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        seen = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params:
+                seen[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        ids = torch.randint(0, shape.vocab, (1, tokens))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.model(input_ids=ids, use_cache=False)
+        return sum(seen.values())
+
+    measured = saved_bytes(2) - saved_bytes(1)
+    settings = {"gradient_checkpointing": False, "use_liger_kernel": False}
+    one, two = (
+        activation_bytes(dataclasses.replace(shape, layers=n), settings, tokens) for n in (1, 2)
+    )
+    planned = sum(two.values()) - sum(one.values())
+    assert abs(measured / planned - 1) < 0.05, (measured, planned)
