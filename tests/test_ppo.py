@@ -32,11 +32,10 @@ TINY_PPO = str(ROOT / "recipes" / "tiny-rl-ppo.yaml")
 BIG_PPO = str(ROOT / "recipes" / "ovr-7b-rl-ppo.yaml")
 ARTIFACTS = ROOT / "artifacts" / "tiny-rl-ppo"
 STEPS, SAVE_EVERY = 40, 10
-RESUMED_CRITIC = "critic-after-resume.safetensors"
+RESUMED_CRITIC = ".critic-after-resume.safetensors"  # beside output_dir: not in the served dir
 # tests/test_rl.py's driver (SIGKILL at step KILL_AT), plus: right after --resume has restored the
 # critic, write its weights out, to compare with the checkpoint's.
 DRIVER = (
-    "import os\n"
     "from safetensors.torch import save_file\n"
     "from ovr_train import ppo\n"
     "restore = ppo.CriticTraining._load_optimizer_and_scheduler\n"
@@ -45,7 +44,7 @@ DRIVER = (
     "    if checkpoint is not None:\n"
     "        state = self.accelerator.unwrap_model(self.critic).state_dict()\n"
     "        save_file({k: v.contiguous() for k, v in state.items()},\n"
-    f"                  os.path.join(self.args.output_dir, '{RESUMED_CRITIC}'))\n"
+    f"                  self.args.output_dir.rstrip('/') + '{RESUMED_CRITIC}')\n"
     "ppo.CriticTraining._load_optimizer_and_scheduler = restore_and_write\n"
 ) + RL_DRIVER
 
@@ -305,7 +304,7 @@ def test_resume_restores_the_critic_from_its_checkpoint(tiny_ppo_run, tiny_model
     from transformers import AutoModelForImageTextToText
 
     saved = load_file(tiny_ppo_run / f"checkpoint-{SAVE_EVERY}" / "critic" / "critic.safetensors")
-    restored = load_file(tiny_ppo_run / RESUMED_CRITIC)
+    restored = load_file(str(tiny_ppo_run) + RESUMED_CRITIC)
     assert saved.keys() == restored.keys()
     for name, value in saved.items():
         assert torch.equal(restored[name], value), name
@@ -313,7 +312,9 @@ def test_resume_restores_the_critic_from_its_checkpoint(tiny_ppo_run, tiny_model
     moved = [k for k, v in policy.items() if not torch.equal(saved[f"backbone.{k}"], v)]
     assert moved, "the checkpoint's critic is still the initial policy backbone: it never trained"
     assert (tiny_ppo_run / f"checkpoint-{STEPS}" / "critic" / "critic.safetensors").exists()
-    assert not (tiny_ppo_run / "critic").exists(), "the served directory holds the policy only"
+    # the served directory holds the policy only (vLLM loads every top-level *.safetensors)
+    assert [p.name for p in tiny_ppo_run.glob("*.safetensors")] == ["model.safetensors"]
+    assert not (tiny_ppo_run / "critic").exists()
 
 
 @pytest.mark.slow
