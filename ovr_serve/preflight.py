@@ -316,6 +316,11 @@ def memory_problems(cfg: ServeConfig, size: ModelSize, device: Device, max_len: 
     """Weights plus one sequence of KV cache at ``max_len`` against what vLLM may take."""
     if device.kind == "cpu":
         return cpu_memory_problems(cfg, size, device, max_len)
+    if cfg.tensor_parallel_size > device.count:
+        return [
+            f"tensor_parallel_size {cfg.tensor_parallel_size} needs as many GPUs and this machine"
+            f" has {device.count}: lower it (or check CUDA_VISIBLE_DEVICES)"
+        ]
     return [p for p in [gpu_memory_problem(cfg, size, device, max_len)] if p]
 
 

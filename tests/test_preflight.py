@@ -149,6 +149,14 @@ def test_7b_on_gpus_of_each_size_gets_the_fixes_that_work(gib, max_len, fixes):
         assert "\n" not in problems[0] and f"max_model_len {max_len}" in problems[0]
 
 
+def test_more_tensor_parallel_ranks_than_gpus_is_refused():
+    size = pf.size_from_config(QWEN2_5_VL_7B_CONFIG)
+    gpu = pf.Device("cuda", "a test GPU", 80 << 30, count=2)
+    (problem,) = pf.memory_problems(ServeConfig(tensor_parallel_size=4), size, gpu, 49152)
+    assert "tensor_parallel_size 4" in problem and "has 2" in problem
+    assert pf.memory_problems(ServeConfig(tensor_parallel_size=2), size, gpu, 49152) == []
+
+
 def test_check_alone_reports_and_starts_nothing(capsys, tiny_model_path):
     code, err, out = _run_cli(capsys, "--check", "--model", str(tiny_model_path), "--ui")
     assert code == 0 and err == []

@@ -27,7 +27,7 @@ from openai import OpenAI
 from tests.conftest import ROOT, free_port
 
 BANNER_END = "Ctrl-C stops everything."
-REQUEST_LINE = re.compile(r"^\d\d:\d\d:\d\d  200  POST /v1/chat/completions  \d+ tok  \d+ ms$")
+REQUEST_LINE = re.compile(r"^\d\d:\d\d:\d\d  200  POST /v1/chat/completions  ~?\d+ tok  \d+ ms$")
 
 
 def screen_lines(raw: str) -> list[str]:
@@ -101,15 +101,20 @@ def _env(tiny_model_path: Path) -> dict[str, str]:
     return {**os.environ, "OVR_CACHE": str(tiny_model_path.parent), "OVR_API_KEY": ""}
 
 
-def _ask(port: int, stream: bool = False) -> None:
+def _ask(port: int, stream: bool = False) -> int | None:
+    """One greedy chat request; its completion tokens when not streamed."""
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
     messages = [{"role": "user", "content": "What is 7 * 6?"}]
     reply = client.chat.completions.create(
-        model="ovr", messages=messages, max_tokens=24, stream=stream
+        model="ovr", messages=messages, max_tokens=40, temperature=0.0, stream=stream
     )
-    if stream:
-        for _ in reply:
-            pass
+    if not stream:
+        return reply.usage.completion_tokens
+    texts = 0  # chunks that carry text: what the server counts for a stream
+    for chunk in reply:
+        delta = chunk.choices[0].delta if chunk.choices else None
+        texts += bool(delta and (delta.content or getattr(delta, "reasoning", None)))
+    return texts
 
 
 @pytest.mark.slow
@@ -134,12 +139,14 @@ def test_demo_screen_is_short_ends_on_the_banner_then_one_line_per_request(
         log = log_path.read_text()
         assert "non-default args" in log and "Starting vLLM server on" in log  # vLLM's own log
         assert "OVR web UI is ready" in log  # and the web UI's
-        _ask(port)
-        _ask(port, stream=True)
+        tokens = _ask(port)
+        chunks = _ask(port, stream=True)
         time.sleep(2)
         after = screen_lines(session.text())[len(screen) :]
         requests = [line for line in after if line]
         assert len(requests) == 2 and all(REQUEST_LINE.match(r) for r in requests), requests
+        assert f"  {tokens} tok  " in requests[0] and f"  ~{chunks} tok  " in requests[1], requests
+        assert 0 < chunks <= tokens  # greedy: the same tokens, some of which print nothing
     finally:
         assert session.stop() == 0
 
