@@ -213,3 +213,25 @@ def test_upstream_sync_still_fails_on_cpu(trainer):
 
     with pytest.raises(AttributeError, match="weight_loader"):
         VLLMGeneration.sync_weights(trainer.vllm_generation)
+
+
+def test_a_multiple_choice_row_is_graded_with_its_choices_through_trl(trainer, tmp_path):
+    """A row's grading columns reach the accuracy reward through TRL's own reward call
+    (GRPOTrainer._calculate_rewards passes every dataset column): the option letter is right."""
+    import json
+
+    from ovr_train.rl import build_rl_dataset
+
+    row = {"question": "Which shape?", "choices": ["circle", "square"], "answer": "square"}
+    path = tmp_path / "mc.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    example = build_rl_dataset([str(path)], "error", None)[0]
+    end = trainer.processing_class.tokenizer.eos_token_id  # an end token: not truncated
+    completions = [
+        [{"role": "assistant", "content": "<think>Four corners.</think> \\boxed{B}"}],
+        [{"role": "assistant", "content": "<think>Round.</think> \\boxed{A}"}],
+    ]
+    rewards = trainer._calculate_rewards(
+        [example, example], [example["prompt"]] * 2, completions, [[end], [end]]
+    )
+    assert rewards[:, 0].tolist() == [1.0, 0.0]
