@@ -5,9 +5,12 @@ Screenshots land in artifacts/screenshots/. Needs Debian's chromium (`apt-get in
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -321,6 +324,11 @@ def test_login_refuses_a_wrong_password_and_then_lets_you_chat(ovr_server):
         page.get_by_role("button", name="Login").click()
         page.get_by_text("Incorrect Credentials").wait_for(timeout=10_000)
         screenshot(page, "webui-login-refused")
+        page.locator("input[type=text]").first.fill("zoë")  # another script: refused, no crash
+        page.locator("input[type=password]").fill("пароль")
+        page.get_by_role("button", name="Login").click()
+        page.get_by_text("Incorrect Credentials").wait_for(timeout=10_000)
+        assert page.locator("#ovr-input").count() == 0
         page.locator("input[type=text]").first.fill("ann")
         page.locator("input[type=password]").fill("s3cret")
         page.get_by_role("button", name="Login").click()
@@ -358,3 +366,76 @@ def test_app_served_behind_a_reverse_proxy_prefix(ovr_server):
         assert "Error" not in page.locator("#ovr-chat").inner_text()
         assert not [u for u in failed if "/ovr/" not in u and "127.0.0.1" in u], failed
         screenshot(page, "webui-behind-proxy")
+
+
+class _Canary(BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_GET(self):  # noqa: N802
+        _Canary.hits.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_hostile_chat_text_loads_nothing_and_runs_no_html(page, ui, tmp_path):
+    """An imported chat full of remote images and raw HTML (in the question, the trace and the
+    answer's result callout): the browser shows them as text and asks the canary for nothing."""
+    canary = ThreadingHTTPServer(("127.0.0.1", 0), _Canary)
+    threading.Thread(target=canary.serve_forever, daemon=True).start()
+    remote = f"http://127.0.0.1:{canary.server_address[1]}"
+    hostile = [
+        f"![a]({remote}/md.png)",
+        f"\\`<img src={remote}/escaped.png>\\`",
+        f"``<img src={remote}/runs.png>`",
+        f"| `<img src={remote}/cell.png> | b` |\n|---|---|",
+        f'<img src="{remote}/raw.png" onerror="document.title=\'pwned\'">',
+    ]
+    text = "\n\n".join(hostile)
+    answer = f"So \\boxed{{`<img src={remote}/boxed.png onerror=\\\"document.title='pwned'\\\">`}}."
+    chat = {
+        "messages": [
+            {"role": "user", "content": text},
+            {"role": "assistant", "reasoning": text, "content": text + "\n\n" + answer},
+        ]
+    }
+    path = tmp_path / "hostile.json"
+    path.write_text(json.dumps(chat))
+    try:
+        with page.expect_file_chooser() as chooser:
+            page.click("#ovr-import")
+        chooser.value.set_files(str(path))
+        page.locator("#ovr-chat .ovr-result").wait_for(timeout=20_000)
+        thought = page.locator("#ovr-chat .bot-row .thought-group").first
+        thought.locator(".title").click()  # unfold the trace too
+        page.wait_for_timeout(1500)
+        screenshot(page, "webui-hostile-text")
+        chat_html = page.locator("#ovr-chat").inner_html()
+        assert page.locator("#ovr-chat img[src*='127.0.0.1']").count() == 0, chat_html[-2000:]
+        assert page.locator("#ovr-chat [onerror]").count() == 0
+        assert page.title() != "pwned" and _Canary.hits == []
+        assert "src=" in page.locator("#ovr-chat").inner_text()  # shown as text instead
+        policy = httpx.get(ui + "/").headers["content-security-policy"]
+        assert "img-src 'self' data: blob:" in policy
+    finally:
+        canary.shutdown()
+
+
+def test_extra_box_and_import_refuse_what_is_not_theirs(page, tmp_path):
+    page.fill("#ovr-extra textarea", '{"messages": [{"role": "user", "content": "other"}]}')
+    send(page, "What is 2 + 2?")
+    wait_idle(page)
+    chat = page.locator("#ovr-chat").inner_text()
+    assert "'messages' is not allowed here" in chat and "top_k" in chat
+    fake = base64.b64encode(b"<svg xmlns='http://www.w3.org/2000/svg'/>").decode()
+    part = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{fake}"}}
+    path = tmp_path / "fake-image.json"
+    path.write_text(json.dumps([{"role": "user", "content": [part]}]))
+    with page.expect_file_chooser() as chooser:
+        page.click("#ovr-import")
+    chooser.value.set_files(str(path))
+    page.get_by_text("not a PNG, JPEG, WebP or GIF image").first.wait_for(timeout=20_000)
+    screenshot(page, "webui-import-refused")

@@ -321,11 +321,8 @@ def _wire_the_rest(ui: SimpleNamespace, chat: _Handlers, app: gr.Blocks) -> None
         cancels=ui.running,
     )
     ui.export_btn.click(chat.export, [ui.conversation, ui.system], [ui.exported], queue=False)
-    ui.import_btn.upload(
-        chat.import_file,
-        [ui.import_btn],
-        [ui.conversation, ui.chatbot, ui.system],
-        queue=False,
+    ui.import_btn.upload(  # queued: only a queued event shows a gr.Error's message (Gradio 6.31)
+        chat.import_file, [ui.import_btn], [ui.conversation, ui.chatbot, ui.system]
     )
     ui.show_marks.change(None, [ui.show_marks], None, js=MARKS_JS, queue=False)
     models = ([ui.model], [ui.model, ui.max_tokens])
@@ -565,6 +562,9 @@ class _Handlers:
 # What the extra-parameters box may add to a request: vLLM/OpenAI sampling parameters, nothing
 # that changes what is asked (messages, model, tools) or how the server reads it.
 EXTRA_SAMPLING = {
+    "temperature": float,  # these three override their controls
+    "top_p": float,
+    "max_tokens": int,
     "top_k": int,
     "min_p": float,
     "repetition_penalty": float,
@@ -597,8 +597,7 @@ def parse_extra(text: str | None) -> dict:
         if kind is None:
             raise ValueError(
                 f"Extra sampling parameters: {key!r} is not allowed here; allowed:"
-                f" {', '.join(EXTRA_SAMPLING)} (temperature, top-p and max tokens have their own"
-                " controls)."
+                f" {', '.join(EXTRA_SAMPLING)}."
             )
         number = kind in (int, float) and isinstance(value, (int, float))
         if isinstance(value, bool) != (kind is bool) or not (number or isinstance(value, kind)):
