@@ -91,7 +91,19 @@ def main() -> None:
         _only(servers, None)
         for handle in servers.values():
             handle.stop()
-    _report(results, args, device)
+    _report(results, _spread(rounds), args, device)
+
+
+def _spread(rounds: dict) -> dict:
+    """Per level: the ovr/bare requests-per-second ratio of each round (the two servers' runs of
+    one round are back to back), so the table can show how far one round strays from another."""
+    ours, bare = rounds["ovr-serve"], rounds["bare vllm"]
+    return {
+        c: [
+            o["requests_per_s"] / b["requests_per_s"] for o, b in zip(ours[c], bare[c], strict=True)
+        ]
+        for c in LEVELS
+    }
 
 
 def _only(servers: dict, active: str | None) -> None:
@@ -187,7 +199,7 @@ def _median(runs: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
-def _report(results: dict, args, device: str) -> None:
+def _report(results: dict, spread: dict, args, device: str) -> None:
     ours, bare = results["ovr-serve"], results["bare vllm"]
     rows = []
     print(f"\nmodel {args.model} on {device}, {args.max_tokens} output tokens per request\n")
@@ -203,6 +215,7 @@ def _report(results: dict, args, device: str) -> None:
             "ratio_requests_per_s": o["requests_per_s"] / b["requests_per_s"],
             "ratio_output_tokens_per_s": o["output_tokens_per_s"] / b["output_tokens_per_s"],
             "ratio_ttft": o["ttft_median_ms"] / b["ttft_median_ms"],
+            "ratio_requests_per_s_by_round": spread[c],
         }
         rows.append(row)
         print(
@@ -210,12 +223,25 @@ def _report(results: dict, args, device: str) -> None:
             f"{o['output_tokens_per_s']:>9.0f} {b['output_tokens_per_s']:>7.0f} {row['ratio_output_tokens_per_s']:>6.2f} | "
             f"{o['ttft_median_ms']:>11.1f} {b['ttft_median_ms']:>7.1f} {row['ratio_ttft']:>6.2f}"
         )
+    print("\nreq/s ratio per round (ovr / bare, back-to-back runs): median [min … max]")
+    for c in LEVELS:
+        r = spread[c]
+        print(
+            f"{c:>4} | {statistics.median(r):.3f} [{min(r):.3f} … {max(r):.3f}]  ({len(r)} rounds)"
+        )
     parser_us = _parser_cost_us()
     server_us = 1e6 / bare[1]["output_tokens_per_s"]
     print(
         f"\nOVR reasoning parser alone: {parser_us:.1f} µs per streamed token "
         f"({100 * parser_us / server_us:.2f}% of bare vLLM's {server_us:.0f} µs per token at c=1)"
     )
+    guard_us = _guard_cost_us()
+    request_us = 1e6 / bare[1]["requests_per_s"]
+    for kind, us in guard_us.items():
+        print(
+            f"request guard alone, {kind}: {us:.0f} µs per request "
+            f"({100 * us / request_us:.3f}% of bare vLLM's {request_us / 1000:.0f} ms per request at c=1)"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
         json.dumps(
@@ -225,11 +251,79 @@ def _report(results: dict, args, device: str) -> None:
                 "max_tokens": args.max_tokens,
                 "levels": rows,
                 "parser_us_per_token": parser_us,
+                "guard_us_per_request": guard_us,
             },
             indent=2,
         )
     )
     print(f"\nwritten {args.out}")
+
+
+def _guard_cost_us(repeats: int = 200) -> dict[str, float]:
+    """In-process cost of the request guard (``RequestGuard`` as vLLM runs it: headers, key, the
+    body read, parsed, walked, every image decoded) per request, for a text chat and for a chat
+    with one 448x448 PNG (what the Qwen2.5-VL processor sees at OVR's settings)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from ovr_serve.guard import RequestGuard
+
+    os.environ["OVR_BENCH_KEY"] = "bench-key"
+    guard = RequestGuard(_downstream, ServeConfig(api_key_env="OVR_BENCH_KEY").guard_settings())
+    buf = io.BytesIO()
+    Image.effect_noise((448, 448), 64).convert("RGB").save(buf, "PNG")
+    image = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    text = [{"type": "text", "text": "What is 3 + 4? Put the answer in \\boxed{}."}]
+    bodies = {
+        "text chat": {"model": "ovr", "messages": [{"role": "user", "content": text}]},
+        "chat with one image": {
+            "model": "ovr",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": image}}, *text],
+                }
+            ],
+        },
+    }
+    return {
+        kind: _time_guard(guard, json.dumps(body).encode(), repeats)
+        for kind, body in bodies.items()
+    }
+
+
+async def _downstream(scope, receive, send) -> None:
+    await receive()
+
+
+def _time_guard(guard, body: bytes, repeats: int) -> float:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [
+            (b"authorization", b"Bearer bench-key"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        raise AssertionError(f"the guard refused the bench request: {message}")
+
+    async def run() -> float:
+        await guard(scope, receive, send)  # warm: imports, Pillow plugins
+        start = time.perf_counter()
+        for _ in range(repeats):
+            await guard(scope, receive, send)
+        return 1e6 * (time.perf_counter() - start) / repeats
+
+    return asyncio.run(run())
 
 
 def _parser_cost_us(tokens: int = 20000) -> float:
