@@ -125,7 +125,13 @@ class ServeConfig:
     ui: bool = field(
         default=False, metadata={"help": "Also start the Gradio web UI against the endpoint."}
     )
-    ui_host: str = field(default=DEFAULT_HOST, metadata={"help": "Address of the web UI."})
+    ui_host: str = field(
+        default=DEFAULT_HOST,
+        metadata={
+            "help": "Address of the web UI. Beyond loopback it needs a login"
+            " (OVR_UI_USER and OVR_UI_PASSWORD)."
+        },
+    )
     ui_port: int = field(default=DEFAULT_UI_PORT, metadata={"help": "Port of the web UI."})
     demo: bool = field(
         default=False,
