@@ -242,7 +242,7 @@ def model_size(cfg: ServeConfig, report: Report) -> ModelSize | None:
 
 def hub_model_size(repo_id: str, report: Report) -> ModelSize | None:
     """A hub id: cached (nothing to fetch), else its config.json and file sizes from the hub."""
-    from ovr_serve.progress import cached_snapshot, hub_files, hub_reachable
+    from ovr_serve.progress import cached_snapshot, fetch_file, hub_files, hub_reachable
 
     cached = cached_snapshot(repo_id)
     if cached is not None:
@@ -257,9 +257,7 @@ def hub_model_size(repo_id: str, report: Report) -> ModelSize | None:
         )
         return size_from_config(known, source="the known sizes of Qwen2.5-VL-7B") if known else None
     try:
-        from huggingface_hub import hf_hub_download
-
-        config = json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())
+        config = json.loads(fetch_file(repo_id, "config.json").read_text())
         files = hub_files(repo_id)
     except Exception as e:
         report.problems.append(f"the hub has no model {repo_id} ({type(e).__name__}): check the id")

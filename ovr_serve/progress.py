@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import re
 import sys
 import threading
@@ -127,6 +128,14 @@ def fetch_weights(
             with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
                 list(pool.map(lambda f: get(f[0], tqdm_class=share), todo))
     return Path(get("config.json")).parent
+
+
+def fetch_file(repo_id: str, filename: str) -> Path:
+    """One small file (a config.json) into the hub cache, without a bar of its own."""
+    from huggingface_hub import hf_hub_download
+
+    silent = functools.partial(FileShare, ByteBar("", 0, io.StringIO()))
+    return Path(hf_hub_download(repo_id, filename, tqdm_class=silent))
 
 
 class ByteBar:

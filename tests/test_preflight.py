@@ -322,3 +322,51 @@ def test_container_refuses_a_model_that_cannot_fit_before_exec(tmp_path, monkeyp
     assert docker_entry.main([], environ=env) == 2 and execs == []
     err = capsys.readouterr().err
     assert "lower max_model_len to 18432" in err and "cpu_kvcache_gib" in err
+
+
+def _ovr_serve(env: dict[str, str], *argv: str):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "ovr_serve.cli", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+
+
+def test_a_hub_model_is_checked_then_fetched_through_the_bar_then_found_cached(
+    local_hub, tmp_path, tiny_model_path
+):
+    """The first start of a hub id, against a local server in the hub's layout (HF_ENDPOINT)."""
+    _Hub.files = {p.name: p.read_bytes() for p in tiny_model_path.iterdir() if p.is_file()}
+    _Hub.drop = None
+    env = {"HF_ENDPOINT": local_hub, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    argv = ["--model", "org/model", "--port", str(free_port())]
+    first = _ovr_serve(env, "--check", *argv)
+    assert first.returncode == 0, first.stderr
+    total = sum(len(b) for b in _Hub.files.values())
+    assert f"weights: {total / 1e9:.1f} GB to download from the hub" in first.stdout
+    assert not any(m == "GET" and n.endswith(".safetensors") for m, n, _ in _Hub.requests)
+    fetched = _ovr_serve(env, "--dry-run", *argv)
+    assert fetched.returncode == 0, fetched.stderr
+    (bar,) = [line for line in fetched.stderr.splitlines() if line.startswith("downloading")]
+    assert bar.startswith("downloading org/model: ") and "(100%)" in bar
+    snapshot = tmp_path / "hf" / "hub" / "models--org--model" / "snapshots" / _Hub.sha
+    assert (snapshot / "model.safetensors").read_bytes() == _Hub.files["model.safetensors"]
+    assert " serve org/model " in fetched.stdout  # vLLM finds it in the same hub cache
+    again = _ovr_serve(env, "--check", *argv)
+    assert again.returncode == 0 and f"weights: in the local cache ({snapshot})" in again.stdout
+
+
+def test_too_little_disk_for_the_download_is_one_line(tmp_path):
+    import shutil
+
+    size = pf.size_from_config(QWEN2_5_VL_7B_CONFIG)
+    size.download_bytes = shutil.disk_usage(tmp_path).free + 10**12
+    (problem,) = pf.disk_problems(size, cache_dir=tmp_path / "hub")
+    assert str(tmp_path / "hub") in problem and "HF_HOME" in problem
+    size.download_bytes = 10**6
+    assert pf.disk_problems(size, cache_dir=tmp_path / "hub") == []
