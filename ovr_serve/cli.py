@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except (LaunchError, ValueError, FileNotFoundError) as exc:
         print(f"ovr-serve: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C during start-up: the children are already stopped
+        print("\novr-serve: stopped during start-up", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
