@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import httpx
 import openai
 
+from ovr_core.wire import API_KEY_ENV
 from webui.stream import TurnStream, UpdateThrottle
 
 TICK_S = 0.5  # refresh the live clock this often while no token arrives
@@ -118,7 +119,7 @@ def describe_error(err: BaseException, base_url: str) -> str:
             "Your message is kept; press Regenerate once it is up."
         )
     if isinstance(err, openai.AuthenticationError):
-        return "The endpoint refused the API key (401). Start the UI with the right key in OVR_API_KEY."
+        return f"The endpoint refused the API key (401). Start the UI with the right key in {API_KEY_ENV}."
     if isinstance(err, openai.APIStatusError):
         return f"The endpoint refused the request ({err.status_code}): {_server_message(err)}"
     return f"Unexpected error: {type(err).__name__}: {err}"
