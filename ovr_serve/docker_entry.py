@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
             )
         if mode != "dry-run":
             report = preflight(cfg, ports=False)
-            if mode == "check" or not report.ok:
-                return print_preflight(report, verbose=mode == "check")
+            if mode == "check" or not report.ok or report.warnings:
+                code = print_preflight(report, verbose=mode == "check")
+                if mode == "check" or code:
+                    return code
         cfg, device, think, max_len = resolve(cfg)  # a download shows one progress line / 30 s
     except (LaunchError, ValueError, FileNotFoundError) as exc:
         print(f"ovr-serve (docker): {exc}", file=sys.stderr)

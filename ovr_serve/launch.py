@@ -90,8 +90,10 @@ def serve(cfg: ServeConfig, dry_run: bool = False, check: bool = False) -> int:
         print(render_dry_run(cfg, device, think, max_len))
         return 0
     report = preflight(cfg)
-    if check or not report.ok:
-        return print_preflight(report, verbose=check)
+    if check or not report.ok or report.warnings:
+        code = print_preflight(report, verbose=check)
+        if check or code:
+            return code
     cfg, device, think, max_len = resolve(cfg)
     log_path = None if cfg.verbose else prepare_log(cfg)
     started = time.monotonic()
@@ -120,6 +122,8 @@ def print_preflight(report: Report, verbose: bool) -> int:
             print(f"ovr-serve --check: {fact}")
     for problem in report.problems:
         print(f"ovr-serve: {problem}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"ovr-serve: warning: {warning}", file=sys.stderr)
     if verbose and report.ok:
         print("ovr-serve --check: all checks passed; nothing was started")
     return 0 if report.ok else 2

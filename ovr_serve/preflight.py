@@ -85,6 +85,7 @@ class Report:
     """Problems (one line each, with the fix) and the facts found on the way."""
 
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # shown, but start-up goes on
     facts: list[str] = field(default_factory=list)
 
     @property
@@ -150,9 +151,9 @@ def probe_device(cfg: ServeConfig, report: Report) -> Device | None:
             "nvidia-smi does not answer: install the NVIDIA driver (or check CUDA_VISIBLE_DEVICES)"
         )
         return None
-    problem = cuda_mismatch(device)
-    if problem:
-        report.problems.append(problem)
+    found = cuda_mismatch(device)
+    if found:
+        (report.problems if found[0] == "problem" else report.warnings).append(found[1])
     return device
 
 
@@ -188,8 +189,10 @@ def gpu_device() -> Device | None:
     return Device("cuda", name, int(float(mib)) << 20, count=len(rows), notes=notes)
 
 
-def cuda_mismatch(device: Device) -> str | None:
-    """A driver whose CUDA major version is older than the one torch (and vLLM) were built for."""
+def cuda_mismatch(device: Device) -> tuple[str, str] | None:
+    """("problem", line) when the driver's CUDA major version is older than the one torch (and
+    vLLM) were built for; ("warning", line) when only its minor version is (CUDA's minor-version
+    compatibility runs most of it, but kernels built for newer PTX may fail to load)."""
     import torch
 
     built = torch.version.cuda
@@ -197,13 +200,16 @@ def cuda_mismatch(device: Device) -> str | None:
     device.notes.append(f"CUDA {built} (vLLM's torch)")
     if not built or driver == "?":
         return None
-    if tuple(map(int, driver.split(".")[:2])) < tuple(map(int, built.split(".")[:2])):
-        return (
-            f"the NVIDIA driver supports CUDA {driver} but this vLLM build needs CUDA {built}:"
-            f" update the driver (nvidia-smi shows its version), or install a vLLM wheel built"
-            f" for CUDA {driver.split('.')[0]}"
+    have, need = (tuple(map(int, v.split(".")[:2])) for v in (driver, built))
+    if have >= need:
+        return None
+    text = f"the NVIDIA driver supports CUDA {driver} and this vLLM build is for CUDA {built}"
+    if have[0] < need[0]:
+        return "problem", (
+            f"{text}: update the driver (nvidia-smi shows its version), or install a vLLM wheel"
+            f" built for CUDA {have[0]}"
         )
-    return None
+    return "warning", f"{text}: if kernels fail to load, update the driver"
 
 
 def count(n: int) -> str:

@@ -370,3 +370,32 @@ def test_too_little_disk_for_the_download_is_one_line(tmp_path):
     assert str(tmp_path / "hub") in problem and "HF_HOME" in problem
     size.download_bytes = 10**6
     assert pf.disk_problems(size, cache_dir=tmp_path / "hub") == []
+
+
+NVIDIA_SMI = """#!/bin/sh
+if [ "$1" = "--query-gpu=name,memory.total,driver_version" ]; then
+  echo "NVIDIA H100 80GB HBM3, 81559, 535.104.05"
+  echo "NVIDIA H100 80GB HBM3, 81559, 535.104.05"
+else
+  echo "| NVIDIA-SMI 535.104.05   Driver Version: 535.104.05   CUDA Version: 12.2     |"
+fi
+"""
+
+
+def test_gpu_facts_come_from_nvidia_smi_and_an_old_driver_is_named(tmp_path, monkeypatch):
+    import torch
+
+    (tmp_path / "nvidia-smi").write_text(NVIDIA_SMI)
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    gpu = pf.gpu_device()
+    assert (gpu.name, gpu.memory, gpu.count) == ("NVIDIA H100 80GB HBM3", 81559 << 20, 2)
+    assert "driver 535.104.05" in gpu.notes and "CUDA 12.2 (driver)" in gpu.notes
+    monkeypatch.setattr(torch.version, "cuda", "13.0")  # a newer major: refused, with the fix
+    kind, line = pf.cuda_mismatch(gpu)
+    assert kind == "problem" and "supports CUDA 12.2 and this vLLM build is for CUDA 13.0" in line
+    assert "update the driver" in line and "wheel built for CUDA 12" in line
+    monkeypatch.setattr(torch.version, "cuda", "12.8")  # a newer minor: minor-version compatible
+    assert pf.cuda_mismatch(gpu)[0] == "warning"
+    monkeypatch.setattr(torch.version, "cuda", "12.1")
+    assert pf.cuda_mismatch(gpu) is None
