@@ -19,7 +19,7 @@ import argparse
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ovr_train.model_shapes import (  # noqa: F401 - QWEN2_5_VL_7B/ModelShape are part of the API
@@ -128,6 +128,14 @@ def plan_recipe(
     plan.memory.update(loss_bytes(shape, stage, settings, tokens))
     if stage == "rl":
         check_rollouts(plan, shape, settings, hardware, prompt_tokens)
+        if settings.get("algorithm") == "ppo":
+            plan.memory.update(critic_bytes(shape, settings, hardware, zero, seq))
+            critic = plan.memory["(critic activations, while the critic trains)"]
+            policy = sum(
+                v for k, v in plan.memory.items() if k.startswith(("activation", "layer", "logits"))
+            )
+            if critic > policy:  # the two phases take turns: the larger one sets the peak
+                plan.memory["critic activations beyond the policy's"] = critic - policy
     fits_in_memory(plan, stage, settings, hardware, tokens)
     plan.tokens_per_update, plan.step_seconds = update_time(stage, shape, settings, hardware, seq)
     return plan
@@ -174,6 +182,22 @@ def model_state_bytes(shape: ModelShape, settings: dict, hw: Hardware, zero: int
         states, frozen_bytes = 8 * trainable, 2 * frozen
         label = "model states, no ZeRO (bf16 weights, grads, AdamW)"
     return {label: float(states), "frozen vision weights": float(frozen_bytes)}
+
+
+def critic_bytes(shape: ModelShape, settings: dict, hw: Hardware, zero: int, seq: int) -> dict:
+    """PPO's critic (``algorithm: ppo``): the policy's backbone, vision tower included, with a scalar
+    head and no LM head (``ovr_train.ppo.ValueModel``), all of it trained by its own AdamW under the
+    policy's ZeRO stage, so its states sit beside the policy's for the whole run. Its activations
+    (same layer formula, its own micro-batch, a scalar head instead of logits) come while the
+    policy's are freed, so only the larger of the two counts toward the peak."""
+    backbone = replace(shape, tied_embeddings=True)  # tied: no separate LM head counted
+    states = model_state_bytes(backbone, {**settings, "freeze_vision": False}, hw, zero)
+    micro = settings.get("critic_micro_batch_size") or settings["per_device_train_batch_size"]
+    activations = sum(activation_bytes(shape, settings, micro * seq).values())
+    return {
+        "critic model states (PPO)": sum(states.values()),
+        "(critic activations, while the critic trains)": float(activations),
+    }
 
 
 def activation_bytes(shape: ModelShape, settings: dict, tokens: int) -> dict:

@@ -249,3 +249,23 @@ def test_layer_activation_formula_matches_what_autograd_saves():
     )
     planned = sum(two.values()) - sum(one.values())
     assert abs(measured / planned - 1) < 0.05, (measured, planned)
+
+
+RL_PPO_7B = str(ROOT / "recipes" / "ovr-7b-rl-ppo.yaml")
+
+
+def test_the_ppo_recipe_counts_its_critic_and_fits():
+    grpo, ppo = _plan("rl", RL_7B), _plan("rl", RL_PPO_7B)
+    critic = ppo.memory["critic model states (PPO)"]
+    # a second 7B backbone (no LM head, vision tower trained) under ZeRO-3 over 8 GPUs: 18 B/param
+    assert 16 * 2**30 < critic < 20 * 2**30
+    assert ppo.peak_bytes >= grpo.peak_bytes + critic * 0.99 and ppo.problems == []
+
+
+def test_a_critic_that_cannot_fit_beside_the_policy_is_refused():
+    # without ZeRO the critic's own fp32 Adam states alone exceed the card
+    plan = _plan("rl", RL_PPO_7B, "deepspeed=null")
+    assert plan.problems and "model states" in plan.problems[-1]
+    # a critic micro-batch larger than the policy's adds its activations beyond the policy's
+    plan = _plan("rl", RL_PPO_7B, "critic_micro_batch_size=4", hardware=Hardware(8, 200, 1))
+    assert plan.memory["critic activations beyond the policy's"] > 0
