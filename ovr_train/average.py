@@ -16,8 +16,9 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from ovr_train.atomic_dir import atomic_dir
 
 WEIGHT_SUFFIX = ".safetensors"
 SKIPPED = (
@@ -52,9 +53,7 @@ def average_checkpoints(checkpoints: list[str | os.PathLike], out: str | os.Path
         if sorted(p.name for p in d.glob("*" + WEIGHT_SUFFIX)) != shards:
             raise ValueError(f"{d}: weight files differ from {dirs[0]}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         for item in dirs[0].iterdir():  # processor, tokenizer, template, configs, index
             if (
                 item.is_file()
@@ -79,13 +78,6 @@ def average_checkpoints(checkpoints: list[str | os.PathLike], out: str | os.Path
         (tmp / "ovr_average.json").write_text(
             json.dumps({"checkpoints": [str(d) for d in dirs]}, indent=2)
         )
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -34,11 +34,10 @@ from ovr_train.training_common import (
     END_TOKENS,
     SafeCheckpoints,
     TrainingCurves,
-    freeze_vision,
+    load_policy,
     parse_recipe_args,
     render_config,
     resolve_config,
-    torch_dtype,
     train_and_save,
 )
 
@@ -130,7 +129,7 @@ def main(
     import os
 
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
     from transformers.trainer_utils import set_seed
 
     from ovr_train.plan import check_before_training
@@ -156,13 +155,7 @@ def main(
     logger.info("data: %d prompts", len(train_dataset))
 
     # model: Qwen2.5-VL, vision tower + projector frozen by default
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_args.model_name_or_path,
-        dtype=torch_dtype(model_args.dtype),
-        attn_implementation=model_args.attn_implementation,
-    )
-    if script_args.freeze_vision:
-        logger.info("frozen vision tower + projector: %d parameters", freeze_vision(model))
+    model = load_policy(model_args, script_args.freeze_vision, logger)
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, padding_side="left")
 
     # rewards: registry functions, truncated completions scored as the recipe says

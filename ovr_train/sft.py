@@ -27,11 +27,10 @@ from ovr_train.training_common import (
     SafeCheckpoints,
     TrainingCurves,
     fix_packed_mrope_positions,
-    freeze_vision,
+    load_policy,
     parse_recipe_args,
     render_config,
     resolve_config,
-    torch_dtype,
     train_and_save,
 )
 
@@ -98,7 +97,7 @@ def main(
 
     ``callbacks`` are extra ``transformers.TrainerCallback``s (tests use one to kill a run mid-way).
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+    from transformers import AutoProcessor, AutoTokenizer
     from transformers.trainer_utils import set_seed
 
     from ovr_train.data import prepare_dataset
@@ -136,13 +135,7 @@ def main(
         logger.info("resolved config:\n%s", render_config(resolved))
 
     # model: Qwen2.5-VL, vision tower + projector frozen for text-only data
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_args.model_name_or_path,
-        dtype=torch_dtype(model_args.dtype),
-        attn_implementation=model_args.attn_implementation,
-    )
-    if script_args.freeze_vision:
-        logger.info("frozen vision tower + projector: %d parameters", freeze_vision(model))
+    model = load_policy(model_args, script_args.freeze_vision, logger)
     if fix_packed_mrope_positions(model):
         logger.info("packed/padding-free batches: M-RoPE position fix installed")
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ovr_core.format import CHAT_TEMPLATE, THINK_CLOSE, THINK_OPEN
+from ovr_train.atomic_dir import atomic_dir
 
 TEMPLATE_PATH = CHAT_TEMPLATE
 
@@ -77,10 +76,7 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec | None = No
 
     spec = spec or TinyModelSpec()
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_dir(out) as tmp:
         torch.manual_seed(spec.seed)
         template = TEMPLATE_PATH.read_text()
         tokenizer = _train_tokenizer(spec)
@@ -94,12 +90,6 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec | None = No
         model.save_pretrained(tmp)
         _processor(tokenizer, template).save_pretrained(tmp)
         (tmp / "ovr_tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
