@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ovr_train.data import build_dataset, write_jsonl
 from ovr_core.synthetic import reasoning_examples
+from ovr_train.data import build_dataset, write_jsonl
 from ovr_train.training_common import fix_packed_mrope_positions
 
 
