@@ -167,12 +167,13 @@ class ServeConfig:
         },
     )
 
-    def is_loopback(self) -> bool:
-        """True when the endpoint listens on this machine only."""
-        if self.host in ("localhost",):
+    def is_loopback(self, host: str | None = None) -> bool:
+        """True when the endpoint (or ``host``, e.g. the UI's) listens on this machine only."""
+        host = self.host if host is None else host
+        if host in ("localhost",):
             return True
         try:
-            return ipaddress.ip_address(self.host).is_loopback
+            return ipaddress.ip_address(host).is_loopback
         except ValueError:
             return False
 

@@ -101,6 +101,7 @@ def preflight(cfg: ServeConfig, device: Device | None = None, ports: bool = True
     report = Report()
     if ports:
         report.problems += port_problems(cfg)
+    report.problems += ui_login_problems(cfg)
     if device is None:
         device = probe_device(cfg, report)
     if device is not None:
@@ -129,6 +130,19 @@ def port_problems(cfg: ServeConfig) -> list[str]:
     if cfg.ui:
         wanted.append(port_in_use("web UI", cfg.ui_host, cfg.ui_port, "--ui_port"))
     return [p for p in wanted if p]
+
+
+def ui_login_problems(cfg: ServeConfig) -> list[str]:
+    """A web UI beyond loopback needs a login, as the API needs a key: said here, before any
+    download, instead of by the UI process minutes later."""
+    if not cfg.ui or cfg.is_loopback(cfg.ui_host):
+        return []
+    if os.environ.get("OVR_UI_USER") and os.environ.get("OVR_UI_PASSWORD"):
+        return []
+    return [
+        f"the web UI would listen on {cfg.ui_host} without a login: export OVR_UI_USER and"
+        " OVR_UI_PASSWORD, or keep --ui_host 127.0.0.1"
+    ]
 
 
 # --- device ----------------------------------------------------------------------------------------

@@ -109,6 +109,22 @@ def test_ui_port_in_use_is_one_line(capsys, tiny_model_path, held_port):
     assert "--ui_port " in err[0]
 
 
+def test_ui_beyond_loopback_without_a_login_is_refused_before_anything_starts(
+    capsys, tiny_model_path, monkeypatch
+):
+    monkeypatch.delenv("OVR_UI_USER", raising=False)
+    monkeypatch.delenv("OVR_UI_PASSWORD", raising=False)
+    argv = ["--check", "--model", str(tiny_model_path), "--port", str(free_port()), "--ui"]
+    code, err, _ = _run_cli(capsys, *argv, "--ui_host", "0.0.0.0", "--ui_port", str(free_port()))
+    assert (
+        code != 0 and len(err) == 1 and "without a login" in err[0] and "OVR_UI_PASSWORD" in err[0]
+    )
+    monkeypatch.setenv("OVR_UI_USER", "ann")
+    monkeypatch.setenv("OVR_UI_PASSWORD", "a long secret")
+    code, err, _ = _run_cli(capsys, *argv, "--ui_host", "0.0.0.0", "--ui_port", str(free_port()))
+    assert code == 0 and err == []
+
+
 def test_qwen_7b_size_is_read_from_its_config():
     size = pf.size_from_config(QWEN2_5_VL_7B_CONFIG)
     assert size.params == QWEN2_5_VL_7B_PARAMS
