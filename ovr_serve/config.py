@@ -294,6 +294,11 @@ def process_env(
     (our guard checks the key on every route; vLLM's own check would guard only some of them)."""
     env = {**base, **child_env(cfg, device, think_in_prompt)}
     env.pop("VLLM_API_KEY", None)
+    # Start-up phases and the log file read vLLM's INFO lines. TRL 1.16 sets VLLM_LOGGING_LEVEL=ERROR
+    # in any process that imports it (trl/_compat.py), and a server started from there (a test
+    # session, a training script) would start blind; DEBUG, asked for by a person, is kept.
+    if env.get("VLLM_LOGGING_LEVEL", "INFO").upper() != "DEBUG":
+        env["VLLM_LOGGING_LEVEL"] = "INFO"
     return env
 
 

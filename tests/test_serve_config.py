@@ -254,3 +254,14 @@ def test_guard_allows_named_domains_and_folders(tmp_path):
     }
     with pytest.raises(GuardError):
         guard.check_json_body(json.dumps(escape).encode(), "/v1/chat/completions")
+
+
+def test_the_server_logs_at_info_even_from_a_process_that_imported_trl():
+    from ovr_serve.config import process_env
+
+    # trl/_compat.py (TRL 1.16) sets VLLM_LOGGING_LEVEL=ERROR in any process that imports it;
+    # a server started from a test session or a training script inherited it and logged nothing
+    env = process_env(ServeConfig(), "cpu", True, {"VLLM_LOGGING_LEVEL": "ERROR"})
+    assert env["VLLM_LOGGING_LEVEL"] == "INFO"  # the phase line and log file need INFO lines
+    env = process_env(ServeConfig(), "cpu", True, {"VLLM_LOGGING_LEVEL": "debug"})
+    assert env["VLLM_LOGGING_LEVEL"] == "debug"  # a person's DEBUG is kept
