@@ -25,7 +25,7 @@ from ovr_train.ppo import (
 )
 from ovr_train.training_common import last_complete_checkpoint
 from tests.test_rl import DRIVER as RL_DRIVER
-from tests.test_rl import _history
+from tests.test_rl import _history, served_counting_accuracy
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_PPO = str(ROOT / "recipes" / "tiny-rl-ppo.yaml")
@@ -327,51 +327,6 @@ def test_ppo_checkpoint_is_served_and_counts_unseen_images(tiny_ppo_run, tmp_pat
         json.dumps({"accuracy": accuracy, "commonest_share": commonest, "answers": answers})
     )
     assert accuracy >= commonest + 0.3, (accuracy, commonest, Counter(answers))
-
-
-def served_counting_accuracy(model_dir, tmp_path) -> tuple[float, float, list[str]]:
-    """Serve ``model_dir`` with ovr-serve and ask it to count 60 unseen images (seed 12345), greedy;
-    returns (accuracy by the RL reward's grader, the commonest gold's share, the extracted answers)."""
-    from collections import Counter
-    from concurrent.futures import ThreadPoolExecutor
-
-    from openai import OpenAI
-
-    from ovr_core.grading import grade_serial
-    from ovr_core.synthetic import shape_counting_examples
-    from ovr_eval.loading import image_data_url
-    from ovr_serve.config import ServeConfig
-    from ovr_serve.launch import start_server
-    from tests.conftest import free_port
-
-    unseen = shape_counting_examples(60, seed=12345)
-    cfg = ServeConfig(
-        model=str(model_dir), port=free_port(), cpu_kvcache_gib=1, startup_timeout=600
-    )
-    with start_server(cfg, log_path=tmp_path / "serve.log") as handle:
-        client = OpenAI(base_url=handle.base_url, api_key="none")
-
-        def ask(example) -> str:
-            image = {
-                "type": "image_url",
-                "image_url": {"url": image_data_url(example["image"], None)},
-            }
-            content = [image, {"type": "text", "text": example["question"]}]
-            reply = client.chat.completions.create(
-                model=cfg.served_model_name,
-                messages=[{"role": "user", "content": content}],
-                max_tokens=48,
-                temperature=0,
-            )
-            return reply.choices[0].message.content or ""
-
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(ask, unseen))
-    golds = [e["gold"] for e in unseen]
-    verdicts = grade_serial(answers, golds)
-    accuracy = sum(v.score for v in verdicts) / len(golds)
-    commonest = Counter(golds).most_common(1)[0][1] / len(golds)
-    return accuracy, commonest, [v.extracted for v in verdicts]
 
 
 # ---- recipes and wiring ----------------------------------------------------------------------

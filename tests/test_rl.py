@@ -153,6 +153,19 @@ def test_rl_checkpoint_is_served_by_ovr_serve_and_counts_unseen_images(tiny_rl_r
     run never drew) through the openai client, greedy. A model that ignored the image could score
     at most the commonest answer's share; the trained one must beat that by 0.3."""
     from collections import Counter
+
+    accuracy, commonest, answers = served_counting_accuracy(tiny_rl_run, tmp_path)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "unseen.json").write_text(
+        json.dumps({"accuracy": accuracy, "commonest_share": commonest, "answers": answers})
+    )
+    assert accuracy >= commonest + 0.3, (accuracy, commonest, Counter(answers))
+
+
+def served_counting_accuracy(model_dir, tmp_path) -> tuple[float, float, list[str]]:
+    """Serve ``model_dir`` with ovr-serve and ask it to count 60 unseen images (seed 12345), greedy;
+    returns (accuracy by the RL reward's grader, the commonest gold's share, the extracted answers)."""
+    from collections import Counter
     from concurrent.futures import ThreadPoolExecutor
 
     from openai import OpenAI
@@ -166,26 +179,20 @@ def test_rl_checkpoint_is_served_by_ovr_serve_and_counts_unseen_images(tiny_rl_r
 
     unseen = shape_counting_examples(60, seed=12345)
     cfg = ServeConfig(
-        model=str(tiny_rl_run), port=free_port(), cpu_kvcache_gib=1, startup_timeout=600
+        model=str(model_dir), port=free_port(), cpu_kvcache_gib=1, startup_timeout=600
     )
     with start_server(cfg, log_path=tmp_path / "serve.log") as handle:
         client = OpenAI(base_url=handle.base_url, api_key="none")
 
         def ask(example) -> str:
+            image = {
+                "type": "image_url",
+                "image_url": {"url": image_data_url(example["image"], None)},
+            }
+            content = [image, {"type": "text", "text": example["question"]}]
             reply = client.chat.completions.create(
                 model=cfg.served_model_name,
-                messages=[
-                    {
-                        "role": "user",
-                        "content": [
-                            {
-                                "type": "image_url",
-                                "image_url": {"url": image_data_url(example["image"], None)},
-                            },
-                            {"type": "text", "text": example["question"]},
-                        ],
-                    }
-                ],
+                messages=[{"role": "user", "content": content}],
                 max_tokens=48,
                 temperature=0,
             )
@@ -196,13 +203,8 @@ def test_rl_checkpoint_is_served_by_ovr_serve_and_counts_unseen_images(tiny_rl_r
     golds = [e["gold"] for e in unseen]
     verdicts = grade_serial(answers, golds)  # the RL reward's own check
     accuracy = sum(v.score for v in verdicts) / len(golds)
-    answers = [v.extracted for v in verdicts]
     commonest = Counter(golds).most_common(1)[0][1] / len(golds)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "unseen.json").write_text(
-        json.dumps({"accuracy": accuracy, "commonest_share": commonest, "answers": answers})
-    )
-    assert accuracy >= commonest + 0.3, (accuracy, commonest, Counter(answers))
+    return accuracy, commonest, [v.extracted for v in verdicts]
 
 
 # ---- units -----------------------------------------------------------------------------------
