@@ -11,10 +11,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
 import threading
 import time
-import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -23,6 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+
+from tests.test_guard import corrupt_pixels
 
 pytestmark = pytest.mark.slow
 
@@ -60,15 +60,6 @@ def _png(size=(48, 32), mode="RGB") -> bytes:
     return buf.getvalue()
 
 
-def _corrupt(raw: bytes) -> bytes:
-    raw = bytearray(raw)
-    at = raw.index(b"IDAT")
-    size = struct.unpack(">I", raw[at - 4 : at])[0]
-    raw[at + 4 + size // 2] ^= 0xFF
-    raw[at + 4 + size : at + 8 + size] = struct.pack(">I", zlib.crc32(raw[at : at + 4 + size]))
-    return bytes(raw)
-
-
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
@@ -77,7 +68,10 @@ GOOD_PNG = _b64(_png())
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><image href="http://127.0.0.1:9/x"/></svg>'
 MEDIA_VALUES = {  # name -> (value for a URL field, raw base64 for a source's "data" field)
     "good png": (f"data:image/png;base64,{GOOD_PNG}", GOOD_PNG),
-    "corrupt pixels": (f"data:image/png;base64,{_b64(_corrupt(_png()))}", _b64(_corrupt(_png()))),
+    "corrupt pixels": (
+        f"data:image/png;base64,{_b64(corrupt_pixels(_png()))}",
+        _b64(corrupt_pixels(_png())),
+    ),
     "8200x8200": (
         f"data:image/png;base64,{_b64(_png((8200, 8200), '1'))}",
         _b64(_png((8200, 8200), "1")),
