@@ -265,8 +265,11 @@ class OVRRLTrainer(SafeCheckpoints, DynamicSampling, GRPOTrainer):
     reflection-word counts."""
 
     def __init__(self, *args, length_stages: list[tuple[int, int]] | None = None, **kwargs):
+        from ovr_train.rollout_pool import serving_pool
+
         self.length_stages = list(length_stages or [])
-        super().__init__(*args, **kwargs)
+        with serving_pool():  # server mode: rollouts on every server of vllm_server_base_url
+            super().__init__(*args, **kwargs)
         if self.use_vllm:
             from ovr_train.vllm_colocate import fix_colocated_vllm
 
