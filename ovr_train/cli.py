@@ -20,6 +20,10 @@ COMMANDS = {
         "ovr_train.rl:cli",
         "multimodal RL (GRPO on TRL, vLLM rollouts): ovr-train rl --config RECIPE",
     ),
+    "rollout-servers": (
+        "ovr_train.rollout_servers:cli",
+        "vLLM servers for server-mode RL rollouts, one per GPU: ovr-train rollout-servers --model M",
+    ),
     "plan": (
         "ovr_train.plan:cli",
         "memory per GPU and time per step of a recipe, before a GPU hour: ovr-train plan --config RECIPE",
