@@ -261,7 +261,8 @@ def check_rollouts(plan: Plan, shape: ModelShape, settings: dict, hw: Hardware, 
         colocated_vllm(plan, shape, settings, hw, prompt + completion, rollouts)
     elif settings.get("use_vllm"):
         plan.notes.append(
-            "rollouts on separate vLLM servers (vllm_mode=server): no vLLM memory on training GPUs"
+            f"rollouts on separate vLLM servers (vllm_mode=server, {hw.rollout_gpus} rollout GPUs): "
+            "no vLLM memory on training GPUs"
         )
         plan.generation_seconds = decode_seconds(
             shape, hw, rollouts, prompt + completion, 0.9, gpus=hw.rollout_gpus
@@ -509,7 +510,12 @@ def cli(argv: list[str]) -> int:
     parser.add_argument(
         "--prompt-tokens", type=int, default=2048, help="RL prompt budget (image included)"
     )
-    parser.add_argument("--rollout-gpus", type=int, default=8, help="GPUs of the vLLM server(s)")
+    parser.add_argument(
+        "--rollout-gpus",
+        type=int,
+        help="GPUs of the rollout servers (default: one per server in vllm_server_base_url, "
+        "8 when it names one)",
+    )
     parser.add_argument("--trace-tokens", type=int, default=8192, help="mean SFT trace length")
     args, overrides = parser.parse_known_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)  # TRL's vLLM version notices
@@ -522,11 +528,20 @@ def cli(argv: list[str]) -> int:
         return 0
     hardware = Hardware(
         args.gpus, args.gpu_mem, args.nodes, args.peak_tflops, mfu=args.mfu,
-        rollout_gpus=args.rollout_gpus, trace_tokens=args.trace_tokens,
+        rollout_gpus=args.rollout_gpus or rollout_gpus_of(settings), trace_tokens=args.trace_tokens,
     )  # fmt: skip
     plan = plan_recipe(stage, settings, hardware, args.prompt_tokens)
     print(plan.render())
     return 1 if plan.problems else 0
+
+
+def rollout_gpus_of(settings: dict) -> int:
+    """One GPU per rollout server listed (`ovr-train rollout-servers` starts one per GPU); a single
+    URL is the recipe's placeholder for one 8-GPU rollout node."""
+    from ovr_train.rollout_pool import split_urls
+
+    servers = len(split_urls(settings.get("vllm_server_base_url") or "http://localhost:8000"))
+    return servers if servers > 1 else 8
 
 
 def _stage_of(config: str) -> str:

@@ -461,9 +461,10 @@ def test_entrypoint_refuses_the_ui_flag(monkeypatch, capsys):
 def test_multinode_training_commands_use_names_trl_knows():
     """The example's flags and recipe overrides are real TRL/accelerate names (pins that rot fail)."""
     from trl import GRPOConfig, ModelConfig
-    from trl.scripts.vllm_serve import ScriptArguments as VLLMServeArguments
 
+    from ovr_train import rollout_servers
     from ovr_train.rl import RLScriptArguments
+    from ovr_train.rollout_pool import split_urls
 
     def dry_run(**env) -> list[str]:
         out = subprocess.run(
@@ -476,13 +477,13 @@ def test_multinode_training_commands_use_names_trl_knows():
         assert out.returncode == 0, out.stderr
         return shlex.split(out.stdout)
 
-    rollout = dry_run(ROLE="rollout")
-    assert rollout[:2] == ["trl", "vllm-serve"]
-    serve_fields = {f.name for f in fields(VLLMServeArguments)}
-    assert {a[2:] for a in rollout if a.startswith("--")} <= serve_fields
+    rollout = dry_run(ROLE="rollout", BIND_ADDR="10.0.0.9")
+    assert rollout[:2] == ["ovr-train", "rollout-servers"]
+    spec = rollout_servers.parse_args(rollout[2:])  # our own parser: every flag known
+    assert (spec.servers, spec.host, spec.max_model_len) == (8, "10.0.0.9", 53248)
 
     train = dry_run(
-        ROLE="train", NUM_TRAIN_NODES="2", NODE_RANK="1", MAIN_ADDR="h0", ROLLOUT_ADDR="h9"
+        ROLE="train", NUM_TRAIN_NODES="2", NODE_RANK="1", MAIN_ADDR="h0", ROLLOUT_ADDRS="h9 h10"
     )
     assert train[:2] == ["accelerate", "launch"]
     opt = {k: train[i + 1] for i, k in enumerate(train) if k.startswith("--")}
@@ -498,6 +499,6 @@ def test_multinode_training_commands_use_names_trl_knows():
     recipe = yaml.safe_load((ROOT / opt["--config"]).read_text())
     per_node = int(overrides["gradient_accumulation_steps"]) * int(opt["--num_machines"])
     assert per_node == recipe["gradient_accumulation_steps"]  # the recipe's global batch is kept
-    assert overrides["vllm_mode"] == "server" and overrides["vllm_server_base_url"].startswith(
-        "http://h9:"
-    )
+    assert overrides["vllm_mode"] == "server"
+    urls = split_urls(overrides["vllm_server_base_url"])  # every server of both rollout nodes
+    assert len(urls) == 16 and urls[0] == "http://h9:8000" and urls[-1] == "http://h10:8007"

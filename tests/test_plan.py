@@ -269,3 +269,20 @@ def test_a_critic_that_cannot_fit_beside_the_policy_is_refused():
     # a critic micro-batch larger than the policy's adds its activations beyond the policy's
     plan = _plan("rl", RL_PPO_7B, "critic_micro_batch_size=4", hardware=Hardware(8, 200, 1))
     assert plan.memory["critic activations beyond the policy's"] > 0
+
+
+def test_rollout_time_follows_the_servers_listed(capsys):
+    """One GPU per server of vllm_server_base_url (`ovr-train rollout-servers`): two 8-GPU rollout
+    nodes halve the estimated rollout time of one."""
+
+    def rollout_seconds(*overrides):
+        cli(["--config", str(ROOT / "recipes" / "ovr-7b-rl.yaml"), *overrides])
+        out = capsys.readouterr().out
+        line = next(x for x in out.splitlines() if x.startswith("estimated rollout time"))
+        return float(line.split(":")[1].split("s per")[0].replace(",", "")), out
+
+    urls = ",".join(f"http://h{n}:{8000 + i}" for n in (1, 2) for i in range(8))
+    one_node, _ = rollout_seconds()
+    two_nodes, out = rollout_seconds(f"vllm_server_base_url={urls}")
+    assert "16 rollout GPUs" in out
+    assert two_nodes == pytest.approx(one_node / 2, rel=0.05)
