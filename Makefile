@@ -1,4 +1,4 @@
-.PHONY: setup setup-test serve demo check test test-fast test-slow bench bench-serve bench-webui bench-sft bench-rl bench-eval lint format
+.PHONY: setup setup-test serve demo check test test-fast test-slow bench bench-serve bench-webui bench-sft bench-rl bench-rollout bench-eval lint format
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -36,7 +36,7 @@ test-slow: setup-test
 	$(BIN)/python -m pytest -m "slow and not gpu" $(ARGS)
 
 # One script per capability; each prints its figures as ratios measured in one run.
-bench: bench-serve bench-webui bench-sft bench-rl bench-eval
+bench: bench-serve bench-webui bench-sft bench-rl bench-rollout bench-eval
 
 bench-serve: setup
 	$(BIN)/python bench/serve.py
@@ -49,6 +49,9 @@ bench-sft: setup
 
 bench-rl: setup
 	$(BIN)/python bench/rl.py
+
+bench-rollout: setup
+	$(BIN)/python bench/rollout_pool.py
 
 bench-eval: setup
 	$(BIN)/python bench/eval.py

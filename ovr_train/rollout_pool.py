@@ -128,8 +128,12 @@ class RolloutPool:
 
     def generate(self, prompts: list, features: list | None = None, **sampling) -> dict:
         """Each server generates for its shard of ``prompts``; the answers come back in order."""
-        shards = [b for b in self._shards(len(prompts)) if b[1] > b[0]]
-        clients = [self.clients[i] for i, b in enumerate(self._shards(len(prompts))) if b[1] > b[0]]
+        busy = [
+            (c, b)
+            for c, b in zip(self.clients, self._shards(len(prompts)), strict=True)
+            if b[1] > b[0]
+        ]
+        clients, shards = [c for c, _ in busy], [b for _, b in busy]
 
         def run(client, bounds):
             start, stop = bounds

@@ -288,18 +288,19 @@ def test_one_broadcast_puts_the_policy_into_every_server(servers, policy_dir):
 
 
 @pytest.mark.slow
-def test_server_mode_rl_trains_with_rollouts_from_every_server(servers, tmp_path):
+@pytest.mark.parametrize("recipe", ["tiny-rl.yaml", "tiny-rl-ppo.yaml"])
+def test_server_mode_rl_trains_with_rollouts_from_every_server(servers, recipe, tmp_path):
     """`ovr-train rl` with vllm_mode=server and two servers: TRL's own server-mode loop, the pool
     in its client's place, image prompts through the servers' render and generate routes."""
     from transformers import TrainerCallback
 
     from ovr_train.rl import main, parse_args
 
-    class Logs(TrainerCallback):
-        rows: list = []
+    rows = []
 
+    class Logs(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
-            self.rows.append(dict(logs or {}))
+            rows.append(dict(logs or {}))
 
     key = servers.env[KEY_ENV]
     before = [_served_requests(u, key) for u in servers.urls]
@@ -307,7 +308,7 @@ def test_server_mode_rl_trains_with_rollouts_from_every_server(servers, tmp_path
         *parse_args(
             [
                 "--config",
-                "recipes/tiny-rl.yaml",
+                f"recipes/{recipe}",
                 "max_steps=3",
                 "vllm_mode=server",
                 "vllm_server_base_url=" + ",".join(servers.urls),
@@ -320,7 +321,7 @@ def test_server_mode_rl_trains_with_rollouts_from_every_server(servers, tmp_path
         callbacks=[Logs()],
     )
     after = [_served_requests(u, key) for u in servers.urls]
-    steps = [row for row in Logs.rows if "loss" in row]
+    steps = [row for row in rows if "loss" in row]
     assert len(steps) == 3
     # 3 steps x 8 prompts x 8 responses (and refills), split over both servers
     served = [a - b for a, b in zip(after, before, strict=True)]
