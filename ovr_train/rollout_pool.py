@@ -63,6 +63,25 @@ def rank_offsets(world_sizes: list[int]) -> tuple[list[int], int]:
     return offsets, next_rank
 
 
+class RolloutServerError(RuntimeError):
+    """A call to one rollout server failed; the message names the server."""
+
+
+def on_server(call):
+    """``call(client, ...)`` with any failure re-raised naming the server and what to check."""
+
+    def named(client, *args):
+        try:
+            return call(client, *args)
+        except Exception as e:
+            raise RolloutServerError(
+                f"rollout server {client.base_url}: {e}. Check that it still runs (its log, "
+                "`ovr-train rollout-servers`) and that OVR_ROLLOUT_KEY is the same on both sides"
+            ) from e
+
+    return named
+
+
 def join_outputs(outputs: list[dict]) -> dict:
     """Shard answers -> one answer, in shard order (``None`` lists stay ``None``)."""
     joined = {}
@@ -87,13 +106,11 @@ class RolloutPool:
 
         urls = split_urls(base_url or f"http://{host}:{server_port}")
         key = os.environ.get(KEY_ENV)
+        connect = on_server(
+            lambda target: _client(VLLMClient, target.base_url, group_port, connection_timeout, key)
+        )
         with ThreadPoolExecutor(max_workers=len(urls)) as pool:
-            self.clients = list(
-                pool.map(
-                    lambda url: _client(VLLMClient, url, group_port, connection_timeout, key),
-                    urls,
-                )
-            )
+            self.clients = list(pool.map(connect, [_Named(u) for u in urls]))
         models = {c.model for c in self.clients}
         if len(models) != 1:
             raise ValueError(f"rollout servers serve different models: {sorted(models)}")
@@ -108,7 +125,7 @@ class RolloutPool:
     def _each(self, call, *per_client):
         """``call(client, *args)`` on every server at once; results in server order."""
         with ThreadPoolExecutor(max_workers=len(self.clients)) as pool:
-            return list(pool.map(call, self.clients, *per_client))
+            return list(pool.map(on_server(call), self.clients, *per_client))
 
     def get_server_info(self) -> dict:
         return self.clients[0].get_server_info()
@@ -141,7 +158,7 @@ class RolloutPool:
             return client.generate(prompts=prompts[start:stop], features=part, **sampling)
 
         with ThreadPoolExecutor(max_workers=len(clients)) as pool:
-            return join_outputs(list(pool.map(run, clients, shards)))
+            return join_outputs(list(pool.map(on_server(run), clients, shards)))
 
     def init_communicator(self, device="cuda") -> None:
         """One weight-transfer group: the trainer and every worker of every server."""
@@ -173,9 +190,14 @@ class RolloutPool:
         with ThreadPoolExecutor(max_workers=len(self.clients)) as pool:
             joins = [
                 pool.submit(
-                    c._post,
-                    f"{c.base_url}/init_weight_transfer_engine",
-                    json={"init_info": {**base, "rank_offset": offset}},
+                    on_server(
+                        lambda c, o: c._post(
+                            f"{c.base_url}/init_weight_transfer_engine",
+                            json={"init_info": {**base, "rank_offset": o}},
+                        )
+                    ),
+                    c,
+                    offset,
                 )
                 for c, offset in zip(self.clients, offsets, strict=True)
             ]
@@ -205,7 +227,9 @@ class RolloutPool:
                 stack.enter_context(self.weight_update())
             with ThreadPoolExecutor(max_workers=len(self.clients)) as pool:
                 receives = [
-                    pool.submit(c._post, f"{c.base_url}/update_weights", json=info)
+                    pool.submit(
+                        on_server(lambda c: c._post(f"{c.base_url}/update_weights", json=info)), c
+                    )
                     for c in self.clients
                 ]
                 _broadcast(self.backend, self.communicator, named_params)
@@ -222,6 +246,13 @@ class RolloutPool:
 
     def close_communicator(self) -> None:
         self.communicator = None
+
+
+class _Named:
+    """A server not yet connected, as `on_server` names it."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
 
 
 def _client(cls, url: str, group_port: int, timeout: float, key: str | None):

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from ovr_train.rollout_auth import KEY_ENV, bearer
 from ovr_train.rollout_pool import (
     RolloutPool,
+    RolloutServerError,
     join_outputs,
     name_tokens,
     rank_offsets,
@@ -248,6 +249,13 @@ def test_dev_routes_of_a_rollout_server_need_the_key(servers):
         assert wrong.status_code == 401, route
     good = requests.get(url + "/v1/models", headers=bearer(servers.env[KEY_ENV]), timeout=10)
     assert good.status_code == 200
+
+
+@pytest.mark.slow
+def test_a_wrong_key_is_refused_naming_the_server_and_the_fix(servers, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "not-the-key")
+    with pytest.raises(RolloutServerError, match=f"{servers.urls[0]}.*401.*{KEY_ENV}"):
+        RolloutPool(",".join(servers.urls), connection_timeout=10)
 
 
 @pytest.mark.slow
