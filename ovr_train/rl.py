@@ -133,12 +133,14 @@ def main(
     from transformers.trainer_utils import set_seed
 
     from ovr_train.plan import check_before_training
+    from ovr_train.rollout_pool import check_rollout_servers
 
     # logging: the whole resolved configuration, printed and saved beside every checkpoint
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     set_seed(training_args.seed)
     stages = apply_schedule(script_args, training_args)
     check_before_training("rl", script_args, training_args, model_args)
+    check_rollout_servers(training_args)  # server mode: reachable, one model, long enough
     model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
     resolved = resolve_config(script_args, training_args, model_args)
     if training_args.process_index == 0:

@@ -130,6 +130,22 @@ class RolloutPool:
     def get_server_info(self) -> dict:
         return self.clients[0].get_server_info()
 
+    def check_capacity(self, needed_tokens: int) -> None:
+        """Refuse, naming the servers and the fix, when any holds fewer tokens per sequence than
+        the run's longest rollout (prompt + the last curriculum stage) needs."""
+        short = [
+            (c.base_url, info["model_config"]["max_model_len"])
+            for c, info in zip(self.clients, self._infos(), strict=True)
+            if info["model_config"]["max_model_len"] < needed_tokens
+        ]
+        if short:
+            listed = ", ".join(f"{url} holds {n}" for url, n in short)
+            raise ValueError(
+                f"rollout servers too short for this run's longest rollout ({needed_tokens} tokens: "
+                f"vllm_max_model_length, else max_completion_length + 1): {listed}. Restart them "
+                f"with `ovr-train rollout-servers ... --max-model-len {needed_tokens}`"
+            )
+
     def get_world_size(self) -> int:
         return sum(self.world_sizes)
 
@@ -326,6 +342,25 @@ def _broadcast(backend: str, group, named_params) -> None:
         packed_nccl_broadcast_producer(
             iterator=named_params, group=group, src=0, post_iter_func=lambda item: item[1]
         )
+
+
+def check_rollout_servers(training_args) -> None:
+    """Before any weight is loaded: in server mode, every server answers, serves one model and
+    holds the longest rollout of the run (main process only; the others wait for training)."""
+    if not (training_args.use_vllm and training_args.vllm_mode == "server"):
+        return
+    if training_args.process_index != 0:
+        return
+    try:
+        pool = RolloutPool(
+            training_args.vllm_server_base_url
+            or f"http://{training_args.vllm_server_host}:{training_args.vllm_server_port}",
+            connection_timeout=training_args.vllm_server_timeout,
+        )
+        longest = training_args.max_completion_length + 1
+        pool.check_capacity(training_args.vllm_max_model_length or longest)
+    except (ValueError, RolloutServerError) as e:
+        raise SystemExit(f"ovr-train rl: {e}") from e
 
 
 @contextlib.contextmanager

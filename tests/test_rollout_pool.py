@@ -337,3 +337,34 @@ def test_server_mode_rl_trains_with_rollouts_from_every_server(servers, recipe, 
     # the servers started scrambled: rollouts in the learned format prove the step-0 push reached both
     assert min(row["rewards/format/mean"] for row in steps) > 0.8, steps
     assert any(Path(out).glob("*.safetensors")) and (Path(out) / "processor_config.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["vllm_max_model_length=4096"], "--max-model-len 4096"),
+        (["vllm_server_base_url=http://127.0.0.1:9", "vllm_server_timeout=1"], "127.0.0.1:9"),
+    ],
+)
+def test_rl_refuses_servers_that_cannot_serve_the_run_before_loading_the_model(
+    servers, overrides, says, tmp_path
+):
+    """Too short for the longest rollout (the last curriculum stage), or not there: one line
+    naming the server and the fix, before the policy is loaded."""
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "ovr_train.cli", "rl", "--config", "recipes/tiny-rl.yaml"]
+        + ["vllm_mode=server", "vllm_server_base_url=" + ",".join(servers.urls)]
+        + [f"output_dir={tmp_path / 'rl'}", "report_to=none", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),  # the servers' key, set by the fixture
+    )
+    assert out.returncode != 0
+    assert says in out.stderr and "ovr-train rl:" in out.stderr
+    assert "data: " not in out.stderr  # refused before the data and the model
