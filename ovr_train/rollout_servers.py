@@ -33,6 +33,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ovr_core.ports import port_in_use
 from ovr_train.rollout_auth import KEY_ENV
 
 
@@ -131,6 +132,10 @@ class RolloutServers:
         self.spec = spec
         self.env = dict(os.environ if env is None else env)
         check_spec(spec, self.env)
+        for index in range(spec.servers):  # one line now, not a vLLM traceback a minute later
+            taken = port_in_use(f"rollout server {index}", spec.host, spec.port + index, "--port")
+            if taken:
+                raise ValueError(taken)
         self.guarded = bool(self.env.get(KEY_ENV))
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path | None] = []

@@ -16,6 +16,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ovr_core.ports import port_is_free
 from ovr_train.rollout_auth import KEY_ENV, bearer
 from ovr_train.rollout_pool import (
     RolloutPool,
@@ -126,6 +127,20 @@ def test_rollout_servers_beyond_loopback_need_a_key():
     check_spec(RolloutSpec(model="m", host="127.0.0.1", device="cpu"), {})
 
 
+def test_a_taken_port_is_refused_before_any_server_starts():
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        spec = RolloutSpec(model="m", servers=2, port=port - 1, device="cpu")  # the 2nd's is taken
+        with pytest.raises(
+            ValueError, match=r"port \d+ \(rollout server \d\) is already in use.*--port"
+        ):
+            RolloutServers(spec, env={})
+
+
 def test_each_rollout_server_runs_what_trl_server_mode_needs():
     gpu = server_command(RolloutSpec(model="m", servers=8, port=8000, max_model_len=53248), 3, True)
     assert gpu[gpu.index("--port") + 1] == "8003"
@@ -187,7 +202,7 @@ def servers(policy_dir, tmp_path_factory):
     start = _scrambled_copy(policy_dir, root / "scrambled")
     os.environ[KEY_ENV] = "rollout-test-key"
     first = free_port()
-    while free_port() in (first, first + 1):
+    while not port_is_free("127.0.0.1", first + 1):
         first = free_port()
     spec = RolloutSpec(
         model=str(start),
