@@ -1,10 +1,22 @@
-"""Is a TCP port free, and if not, who holds it: what `ovr-serve` and `ovr-webui` check first."""
+"""Is a TCP port free, and if not, who holds it: what `ovr-serve` and `ovr-webui` check first;
+and is a host loopback-only (where a service may listen without a key)."""
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from pathlib import Path
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is reachable from this machine only (what needs no key or login)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def port_in_use(what: str, host: str, port: int, flag: str) -> str | None:

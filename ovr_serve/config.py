@@ -6,7 +6,6 @@ The CLI, `--config serve.yaml`, `--dry-run` and the Docker entrypoint all go thr
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import shlex
@@ -14,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ovr_core.ports import is_loopback
 from ovr_core.wire import (
     API_KEY_ENV,
     DEFAULT_HOST,
@@ -169,13 +169,7 @@ class ServeConfig:
 
     def is_loopback(self, host: str | None = None) -> bool:
         """True when the endpoint (or ``host``, e.g. the UI's) listens on this machine only."""
-        host = self.host if host is None else host
-        if host in ("localhost",):
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback(self.host if host is None else host)
 
     def api_key(self) -> str | None:
         """The API key from the environment, or None."""

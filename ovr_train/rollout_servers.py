@@ -22,7 +22,6 @@ listens beyond loopback without a key is refused.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import signal
@@ -33,7 +32,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ovr_core.ports import port_in_use
+from ovr_core.ports import is_loopback, port_in_use
 from ovr_train.rollout_auth import KEY_ENV
 
 
@@ -59,15 +58,6 @@ class RolloutSpec:
     def url(self, index: int) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port + index}"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_spec(spec: RolloutSpec, env: dict[str, str]) -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ovr_core.ports import is_loopback
 from ovr_core.wire import API_KEY_ENV, DEFAULT_ENDPOINT, DEFAULT_HOST, DEFAULT_UI_PORT
 from webui.stream import UPDATE_INTERVAL_S
 
@@ -134,13 +134,3 @@ def auth_check(pairs: list[tuple[str, str]]):
         return ok
 
     return check
-
-
-def is_loopback(host: str) -> bool:
-    """True when ``host`` is reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
