@@ -20,6 +20,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def finished_requests(root: str, api_key: str) -> float:
+    """vLLM's count of finished requests (every finish reason), from ``root``/metrics."""
+    import re
+
+    import httpx
+
+    r = httpx.get(root + "/metrics", headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+    r.raise_for_status()
+    return sum(
+        float(v)
+        for v in re.findall(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", r.text, re.M)
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
     """The tiny Qwen2.5-VL that has briefly learned the OVR format (built once, cached in .cache/)."""

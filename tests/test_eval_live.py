@@ -16,6 +16,7 @@ import pytest
 from ovr_eval.cli import main
 from ovr_eval.run import RunConfig, Sampling, read_records, rescore, run_eval
 from ovr_eval.samples import write_sample_benchmarks
+from tests.conftest import finished_requests as finished_requests_at
 
 pytestmark = pytest.mark.slow
 
@@ -30,11 +31,7 @@ def data(tmp_path_factory):
 
 def finished_requests(server) -> float:
     """vLLM's count of finished requests (every finish reason), from the server's /metrics."""
-    text = _metrics(server)
-    return sum(
-        float(v)
-        for v in re.findall(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
-    )
+    return finished_requests_at(server.root, server.api_key)
 
 
 def running_requests(server) -> float:

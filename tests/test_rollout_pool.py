@@ -28,7 +28,7 @@ from ovr_train.rollout_pool import (
     split_urls,
 )
 from ovr_train.rollout_servers import RolloutServers, RolloutSpec, check_spec, server_command
-from tests.conftest import free_port
+from tests.conftest import finished_requests, free_port
 
 FORMAT_PROMPTS = [
     "<|im_start|>user\nHow many shapes are there?<|im_end|>\n<|im_start|>assistant\n<think>",
@@ -220,15 +220,6 @@ def servers(policy_dir, tmp_path_factory):
         os.environ.pop(KEY_ENV, None)
 
 
-def _served_requests(url: str, key: str) -> float:
-    text = requests.get(url + "/metrics", headers=bearer(key), timeout=10).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("vllm:request_success_total")
-    )
-
-
 def _greedy_ids(pool_or_client, prompts, max_tokens=12):
     out = pool_or_client.generate(prompts=prompts, n=1, temperature=0.0, max_tokens=max_tokens)
     return out["completion_ids"]
@@ -281,9 +272,9 @@ def test_pool_shards_prompts_over_every_server_and_keeps_their_order(servers, po
     tok = AutoTokenizer.from_pretrained(policy_dir)
     prompts = [tok(p)["input_ids"] for p in FORMAT_PROMPTS] + [tok("Hi")["input_ids"]] * 2
     pool = RolloutPool(",".join(servers.urls), group_port=free_port(), connection_timeout=30)
-    before = [_served_requests(u, key) for u in servers.urls]
+    before = [finished_requests(u, key) for u in servers.urls]
     pooled = _greedy_ids(pool, prompts)
-    after = [_served_requests(u, key) for u in servers.urls]
+    after = [finished_requests(u, key) for u in servers.urls]
     # /v1/completions with several prompts counts one finished request per prompt: 3 + 2
     assert [a - b for a, b in zip(after, before, strict=True)] == [3, 2]
     assert pooled == _greedy_ids(pool.clients[0], prompts)  # same answers, same order as one server
@@ -326,7 +317,7 @@ def test_server_mode_rl_trains_with_rollouts_from_every_server(servers, recipe, 
             rows.append(dict(logs or {}))
 
     key = servers.env[KEY_ENV]
-    before = [_served_requests(u, key) for u in servers.urls]
+    before = [finished_requests(u, key) for u in servers.urls]
     out = main(
         *parse_args(
             [
@@ -343,7 +334,7 @@ def test_server_mode_rl_trains_with_rollouts_from_every_server(servers, recipe, 
         ),
         callbacks=[Logs()],
     )
-    after = [_served_requests(u, key) for u in servers.urls]
+    after = [finished_requests(u, key) for u in servers.urls]
     steps = [row for row in rows if "loss" in row]
     assert len(steps) == 3
     # 3 steps x 8 prompts x 8 responses (and refills), split over both servers
