@@ -1,7 +1,9 @@
 """Reward functions for RL: small pure functions ``(completions, **columns) -> list[float]``.
 
 Registered by name in ``REWARDS``; a recipe picks and weights them (``rewards: [accuracy, format]``).
-The accuracy reward is the eval grader itself (``ovr_core.grading``): one rule for what is right,
+The accuracy reward is the eval grader itself (``ovr_core.grading``, strict: a box is required and
+an output stating two different answers earns 0, where evaluation follows each official scorer's
+more lenient extraction chain): one rule for what is right,
 the same final-answer extraction (last box, ``\\fbox``, the answer after a template-opened
 ``</think>``), options read through the row's ``choices`` column, a benchmark rule through its
 ``rule`` column when the data has one.
@@ -20,7 +22,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from ovr_core.format import is_well_formed
-from ovr_core.grading import GRADER_TROUBLE, STATUSES, count_statuses, default_grader
+from ovr_core.grading import GRADER_TROUBLE, STATUSES, count_statuses
+from ovr_core.grading_pool import default_grader
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +44,11 @@ def register(name: str):
 @register("accuracy")
 def accuracy(completions: list[str], answer: list[str], **columns) -> list[float]:
     """1.0 when the answer's last ``\\boxed{}`` matches the gold ``answer`` (math-verify, or the
-    row's ``rule``; with a ``choices`` column, it names the gold option by letter or text); 0.0
-    otherwise: a wrong answer, none, a trace never closed, or a sample the grader refused, timed
-    out on or failed on (those counted and logged, see the module docstring)."""
+    row's ``rule``; with a ``choices`` column, it names the gold option by letter or text) and the
+    output states no other answer; 0.0 otherwise: a wrong answer, no box (an answer sentence
+    alone does not earn it), two different answers stated, a trace never closed, or a sample the
+    grader refused, timed out on or failed on (those counted and logged, see the module
+    docstring). It is the evaluation's grader in its strict mode (``ovr_core.grading``)."""
     verdicts = default_grader().grade_many(
         completions, answer, columns.get("choices"), columns.get("rule")
     )

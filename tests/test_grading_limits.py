@@ -11,13 +11,13 @@ import pytest
 
 from ovr_core.grading import (
     STATUSES,
-    Grader,
     count_statuses,
     exponent_tower,
     grade_completion,
     quick_verdict,
     refusal,
 )
+from ovr_core.grading_pool import Grader
 from ovr_train import rewards
 
 

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from ovr_core.grading import Grader, choice_letter, grade_completion, grade_serial
+from ovr_core.grading import choice_letter, grade_completion, grade_serial
+from ovr_core.grading_pool import Grader
 from ovr_train.rewards import REWARDS
 
 
@@ -34,8 +35,10 @@ CASES = [
     (done("\\boxed{5\\text{ cm}}"), "5", None, "correct"),
     (done("\\boxed{50\\%}"), "50", None, "correct"),
     (done("\\boxed{50\\%}"), "0.5", None, "correct"),
-    # no box, two boxes, a box only in the reasoning, truncated output
-    (done("The answer is 7."), "7", None, "no_answer"),
+    # no box (evaluation reads the answer sentence), two boxes, a box only in the reasoning,
+    # truncated output
+    (done("The answer is 7."), "7", None, "correct"),
+    (done("Seven, I think."), "7", None, "no_answer"),
     (done("\\boxed{7} or maybe \\boxed{8}"), "7", None, "wrong"),
     (done("\\boxed{7}, that is \\boxed{7.0}"), "7", None, "correct"),
     ("<think>\nit is \\boxed{7}\n</think>\n\nSeven.", "7", None, "no_answer"),
@@ -50,6 +53,36 @@ CASES = [
     (done("\\boxed{C}"), "B", ["10", "12", "14"], "wrong"),
     (done("\\boxed{D}"), "B", ["10", "12", "14"], "wrong"),
 ]
+
+
+# the same output graded for evaluation and for the RL reward (strict): completion, gold, choices,
+# (evaluation status, RL status). Strict closes what pays for hedging: an answer sentence alone,
+# two different answers stated; both modes refuse an answer that names two on its own.
+STRICTNESS = [
+    (done("The answer is 7."), "7", None, ("correct", "no_answer")),
+    (done("Answer: 7"), "7", None, ("correct", "no_answer")),
+    (done("\\boxed{7} or maybe \\boxed{8}"), "8", None, ("correct", "wrong")),
+    (done("\\boxed{8}\n\nAnswer: 7"), "8", None, ("correct", "wrong")),
+    (done("\\boxed{8}\n\nAnswer: 8"), "8", None, ("correct", "correct")),
+    (done("\\boxed{7}, that is \\boxed{7.0}"), "7", None, ("correct", "correct")),
+    (done("x = \\boxed{-2} and x = \\boxed{5}"), "-2, 5", None, ("correct", "correct")),
+    (done("\\boxed{(B) 14}"), "B", ["10", "12", "14"], ("wrong", "wrong")),
+    (done("\\boxed{B} since 14"), "B", ["10", "12", "14"], ("correct", "correct")),
+    (done("\\boxed{3 \\text{ million}}"), "3", None, ("wrong", "wrong")),
+    (done("\\boxed{5k}"), "5", None, ("wrong", "wrong")),
+    (done("\\boxed{5k}"), "5000", None, ("correct", "correct")),
+    (done("The answer is \\boxed{12}, the smallest such n."), "12", None, ("correct", "correct")),
+]
+
+
+@pytest.mark.parametrize(("completion", "gold", "choices", "statuses"), STRICTNESS)
+def test_evaluation_and_the_rl_reward_differ_only_where_leniency_pays(
+    completion, gold, choices, statuses
+):
+    got = tuple(grade_completion(completion, gold, choices, strict=s).status for s in (0, 1))
+    assert got == statuses
+    reward = REWARDS["accuracy"]([completion], answer=[gold], choices=[choices])
+    assert reward == [float(statuses[1] == "correct")]  # the reward is the strict grader
 
 
 @pytest.mark.parametrize(("completion", "gold", "choices", "status"), CASES)
