@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ovr_core.format import format_completion  # noqa: E402
-from ovr_core.grading import Grader, count_statuses, grade_serial  # noqa: E402
+from ovr_core.grading import count_statuses, grade_serial  # noqa: E402
+from ovr_core.grading_pool import Grader  # noqa: E402
 from ovr_eval.run import RunConfig, Sampling, run_eval  # noqa: E402
 from ovr_eval.samples import write_sample_benchmarks  # noqa: E402
 from ovr_serve.config import ServeConfig  # noqa: E402

@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ovr_core.format import THINK_CLOSE, THINK_OPEN
-from ovr_core.grading import Grader, Verdict
+from ovr_core.grading import Verdict
+from ovr_core.grading_pool import Grader
 from ovr_core.wire import API_KEY_ENV, SAMPLING, reasoning_of
 from ovr_eval.benchmarks import BENCHMARKS, Item, get_benchmark
 from ovr_eval.judge import JudgeConfig, judge_record, judge_records
