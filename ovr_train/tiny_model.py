@@ -13,13 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ovr_core.format import CHAT_TEMPLATE, THINK_CLOSE, THINK_OPEN
 from ovr_train.atomic_dir import atomic_dir
 
 TEMPLATE_PATH = CHAT_TEMPLATE
+SEED_ENV = "OVR_TEST_SEED"
 
 # The largest image the tiny model keeps its format with. It learned the format on text only, and a
 # few image tokens leave it on track, but at ~100 (a 320-pixel upload at the serving default) its
@@ -48,6 +50,15 @@ SPECIAL_TOKENS = [
 ]
 
 
+def seed_from_env() -> int:
+    """``$OVR_TEST_SEED`` (default 0): the one knob that reseeds the tiny model and the test runs."""
+    raw = os.environ.get(SEED_ENV, "0")
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{SEED_ENV}={raw!r}: give an integer seed, e.g. {SEED_ENV}=3") from None
+
+
 @dataclass
 class TinyModelSpec:
     """Sizes of the test model; the defaults are what the tests, CI and benchmarks use."""
@@ -63,7 +74,8 @@ class TinyModelSpec:
     vision_heads: int = 2
     max_position_embeddings: int = 8192
     format_steps: int = 300  # brief training on synthetic traces; 0 keeps random weights
-    seed: int = 0
+    seed: int = field(default_factory=seed_from_env)
+
 
 
 def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec | None = None) -> Path:
@@ -76,7 +88,7 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec | None = No
 
     spec = spec or TinyModelSpec()
     out = Path(out_dir)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, _reproducible_floats():
         torch.manual_seed(spec.seed)
         template = TEMPLATE_PATH.read_text()
         tokenizer = _train_tokenizer(spec)
@@ -89,8 +101,36 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec | None = No
         model.generation_config = _generation_config(ids)
         model.save_pretrained(tmp)
         _processor(tokenizer, template).save_pretrained(tmp)
-        (tmp / "ovr_tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+        built = {**asdict(spec), "built_with": build_fingerprint()}
+        (tmp / "ovr_tiny_spec.json").write_text(json.dumps(built, indent=2))
     return out
+
+
+@contextmanager
+def _reproducible_floats():
+    """One thread and deterministic kernels while the model is built: the same spec gives the same
+    weights on every run of one machine. Across CPUs (AVX2 vs AVX-512 kernels) floats still differ,
+    so the cache key names the kernel family (``build_fingerprint``)."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
+
+
+def build_fingerprint() -> dict[str, str]:
+    """What changes the built weights besides the spec: library versions and the CPU kernel family."""
+    import importlib.metadata as md
+
+    import torch
+
+    versions = {name: md.version(name) for name in ("torch", "transformers", "tokenizers")}
+    return {**versions, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _model_config(spec: TinyModelSpec, vocab_size: int, ids: dict[str, int]):
@@ -169,7 +209,7 @@ def cached_tiny_model(
     """Path of the tiny model for this spec and builder version, building it on first use."""
     spec = spec or TinyModelSpec()
     key = hashlib.sha256(
-        json.dumps(asdict(spec), sort_keys=True).encode()
+        json.dumps([asdict(spec), build_fingerprint()], sort_keys=True).encode()
         + Path(__file__).read_bytes()
         + TEMPLATE_PATH.read_bytes()
     ).hexdigest()[:12]
@@ -282,13 +322,18 @@ def cli(argv: list[str]) -> int:
         default=TinyModelSpec.format_steps,
         help="training steps on synthetic traces (0: random weights)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=None, help=f"default: ${SEED_ENV}, else 0"
+    )
     args = parser.parse_args(argv)
     if args.cached:
         print(cached_tiny_model())
         return 0
     if not args.out:
         parser.error("give OUT, or --cached")
-    path = build_tiny_model(args.out, TinyModelSpec(format_steps=args.format_steps, seed=args.seed))
+    spec = TinyModelSpec(format_steps=args.format_steps)
+    if args.seed is not None:
+        spec.seed = args.seed
+    path = build_tiny_model(args.out, spec)
     print(f"tiny Qwen2.5-VL written to {path}\nserve it: ovr-serve --model {path}")
     return 0

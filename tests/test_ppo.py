@@ -5,12 +5,8 @@ resumed with its critic, and is served by ovr-serve."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,9 +19,15 @@ from ovr_train.ppo import (
     terminal_rewards,
     value_loss,
 )
-from ovr_train.training_common import last_complete_checkpoint
-from tests.test_rl import DRIVER as RL_DRIVER
-from tests.test_rl import _history, served_counting_accuracy
+from tests.helpers.rl_runs import (
+    SEED,
+    history,
+    killed_and_resumed,
+    per_step,
+    record_figures,
+    seed_overrides,
+    served_counting_accuracy,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_PPO = str(ROOT / "recipes" / "tiny-rl-ppo.yaml")
@@ -33,20 +35,6 @@ BIG_PPO = str(ROOT / "recipes" / "ovr-7b-rl-ppo.yaml")
 ARTIFACTS = ROOT / "artifacts" / "tiny-rl-ppo"
 STEPS, SAVE_EVERY = 40, 10
 RESUMED_CRITIC = ".critic-after-resume.safetensors"  # beside output_dir: not in the served dir
-# tests/test_rl.py's driver (SIGKILL at step KILL_AT), plus: right after --resume has restored the
-# critic, write its weights out, to compare with the checkpoint's.
-DRIVER = (
-    "from safetensors.torch import save_file\n"
-    "from ovr_train import ppo\n"
-    "restore = ppo.CriticTraining._load_optimizer_and_scheduler\n"
-    "def restore_and_write(self, checkpoint):\n"
-    "    restore(self, checkpoint)\n"
-    "    if checkpoint is not None:\n"
-    "        state = self.accelerator.unwrap_model(self.critic).state_dict()\n"
-    "        save_file({k: v.contiguous() for k, v in state.items()},\n"
-    f"                  self.args.output_dir.rstrip('/') + '{RESUMED_CRITIC}')\n"
-    "ppo.CriticTraining._load_optimizer_and_scheduler = restore_and_write\n"
-) + RL_DRIVER
 
 
 def _right_padded_mask(lengths: list[int], width: int) -> torch.Tensor:
@@ -176,7 +164,7 @@ def _tiny_task_rollouts(processor, n: int, seed: int) -> tuple[dict, torch.Tenso
     return batch, rewards
 
 
-STEPS = 40
+CRITIC_STEPS = 40
 
 
 @pytest.mark.slow
@@ -188,11 +176,11 @@ def test_the_value_head_learns_the_tiny_tasks_expected_reward(tiny_model_path):
 
     from ovr_train.ppo import ValueModel, completion_values
 
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     processor = AutoProcessor.from_pretrained(tiny_model_path, padding_side="left")
     critic = ValueModel.from_policy(str(tiny_model_path), torch.float32)
-    train, train_rewards = _tiny_task_rollouts(processor, 32, seed=1)
-    test, test_rewards = _tiny_task_rollouts(processor, 32, seed=2)
+    train, train_rewards = _tiny_task_rollouts(processor, 32, seed=1 + 2 * SEED)
+    test, test_rewards = _tiny_task_rollouts(processor, 32, seed=2 + 2 * SEED)
     assert 0 < train_rewards.mean() < 1 and 0 < test_rewards.mean() < 1
 
     def returns_of(batch, rewards):
@@ -211,14 +199,16 @@ def test_the_value_head_learns_the_tiny_tasks_expected_reward(tiny_model_path):
     loss_before, ev_before = held_out()
     optimizer = torch.optim.AdamW(critic.parameters(), lr=3e-3)
     returns, mask = returns_of(train, train_rewards), train["completion_mask"]
-    for _ in range(STEPS):
+    for _ in range(CRITIC_STEPS):
         values = completion_values(critic, train, slice(0, 32))
         loss, _ = value_loss(values, values.detach(), returns, mask, None)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     loss_after, ev_after = held_out()
-    print(loss_before, loss_after, ev_before, ev_after)
+    record_figures(
+        "value_head", loss_ratio=loss_after / loss_before, ev_before=ev_before, ev_after=ev_after
+    )
     assert loss_after < 0.5 * loss_before, (loss_before, loss_after)
     assert ev_before < 0.1 and ev_after > 0.4, (ev_before, ev_after)  # 0.68 would be perfect
 
@@ -232,22 +222,12 @@ def tiny_ppo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-rl-ppo")
     args = ["--config", TINY_PPO, f"output_dir={out}", f"max_steps={STEPS}"]
     args += [f"save_steps={SAVE_EVERY}", "save_total_limit=10", "report_to=none"]
-    env = {**os.environ, "OVR_CACHE": str(ROOT / ".cache")}
-    killed = subprocess.run([sys.executable, "-c", DRIVER, "kill", *args], env=env, timeout=900)
-    assert killed.returncode == -signal.SIGKILL
-    assert last_complete_checkpoint(out) == str(out / f"checkpoint-{SAVE_EVERY}")
-    resumed = subprocess.run(
-        [sys.executable, "-c", DRIVER, "run", *args, "--resume"], env=env, timeout=900
-    )
-    assert resumed.returncode == 0
+    critic = ["--write-restored-critic", str(out) + RESUMED_CRITIC]
+    killed_and_resumed(args + seed_overrides(), out, SAVE_EVERY, timeout=900, extra=critic)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for name in ("rl_curves.png", "trainer_state.json"):
         shutil.copy(out / name, ARTIFACTS / name)
     return out
-
-
-def _per_step(run, key) -> dict[int, float]:
-    return {e["step"]: e[key] for e in _history(run) if key in e}
 
 
 @pytest.mark.slow
@@ -258,9 +238,9 @@ def test_tiny_ppo_learns_to_count_and_its_critic_the_expected_reward(tiny_ppo_ru
     measured 0.88 vs 0.89, per-step gap 0.08) and explains the returns at least as well as that
     mean does (explained variance -4.8 -> ~0: in 40 steps it does not yet tell right answers from
     wrong ones)."""
-    acc = _per_step(tiny_ppo_run, "rewards/accuracy/mean")
-    ev = _per_step(tiny_ppo_run, "ppo/explained_variance")
-    value = _per_step(tiny_ppo_run, "ppo/value_mean")
+    acc = per_step(tiny_ppo_run, "rewards/accuracy/mean")
+    ev = per_step(tiny_ppo_run, "ppo/explained_variance")
+    value = per_step(tiny_ppo_run, "ppo/value_mean")
     assert sorted(acc) == sorted(ev) == list(range(1, STEPS + 1)), "each step logged once"
     last = range(STEPS - 9, STEPS + 1)
     start = sum(acc[s] for s in (1, 2, 3)) / 3
@@ -272,6 +252,9 @@ def test_tiny_ppo_learns_to_count_and_its_critic_the_expected_reward(tiny_ppo_ru
     (ARTIFACTS / "accuracy.json").write_text(
         json.dumps({"start": start, "end": end, "ev_start": ev_start, "ev_end": ev_end, "gap": gap})
     )
+    record_figures(
+        "tiny_ppo", start=start, end=end, rise=end - start, ev_start=ev_start, ev_end=ev_end, gap=gap
+    )
     assert end >= start + 0.3 and end >= 0.5, f"accuracy {start:.3f} -> {end:.3f}"
     assert gap < 0.15, f"critic's mean value vs accuracy, last 10 steps: {gap:.3f} apart"
     assert ev_end > -0.1 and ev_end > ev_start, f"explained variance {ev_start} -> {ev_end}"
@@ -279,7 +262,7 @@ def test_tiny_ppo_learns_to_count_and_its_critic_the_expected_reward(tiny_ppo_ru
 
 @pytest.mark.slow
 def test_ppo_logs_the_critic_beside_grpos_statistics(tiny_ppo_run):
-    last = [e for e in _history(tiny_ppo_run) if "loss" in e][-1]
+    last = [e for e in history(tiny_ppo_run) if "loss" in e][-1]
     for key in (
         "rewards/accuracy/mean",
         "completions/clipped_ratio",
@@ -293,7 +276,7 @@ def test_ppo_logs_the_critic_beside_grpos_statistics(tiny_ppo_run):
         "ppo/value_clip_fraction",
     ):
         assert key in last, key
-    losses = _per_step(tiny_ppo_run, "ppo/value_loss")
+    losses = per_step(tiny_ppo_run, "ppo/value_loss")
     assert sum(losses[s] for s in range(31, 41)) / 10 < sum(losses[s] for s in (1, 2, 3)) / 3
 
 
@@ -326,6 +309,7 @@ def test_ppo_checkpoint_is_served_and_counts_unseen_images(tiny_ppo_run, tmp_pat
     (ARTIFACTS / "unseen.json").write_text(
         json.dumps({"accuracy": accuracy, "commonest_share": commonest, "answers": answers})
     )
+    record_figures("tiny_ppo_served", accuracy=accuracy, margin=accuracy - commonest)
     assert accuracy >= commonest + 0.3, (accuracy, commonest, Counter(answers))
 
 

@@ -10,11 +10,7 @@ unseen images better than any answer that ignores the image.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,27 +33,19 @@ from ovr_train.rl_sampling import (
     refill_seed,
     select_rows,
 )
-from ovr_train.training_common import last_complete_checkpoint
+from tests.helpers.rl_runs import (
+    history,
+    killed_and_resumed,
+    record_figures,
+    seed_overrides,
+    served_counting_accuracy,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "recipes" / "tiny-rl.yaml")
 BIG = str(ROOT / "recipes" / "ovr-7b-rl.yaml")
 ARTIFACTS = ROOT / "artifacts" / "tiny-rl"
-STEPS, SAVE_EVERY, KILL_AT = 40, 10, 12
-DRIVER = (
-    "import os, signal, sys\n"
-    "from transformers import TrainerCallback\n"
-    "from ovr_train.rl import main, parse_args\n"
-    "class Kill(TrainerCallback):\n"
-    "    def on_step_end(self, args, state, control, **kw):\n"
-    f"        if state.global_step == {KILL_AT}: os.kill(os.getpid(), signal.SIGKILL)\n"
-    "kill = sys.argv.pop(1) == 'kill'\n"
-    "main(*parse_args(sys.argv[1:]), callbacks=[Kill()] if kill else None)\n"
-)
-
-
-def _history(output_dir) -> list[dict]:
-    return json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
+STEPS, SAVE_EVERY = 40, 10
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +53,7 @@ def tiny_rl_run(tmp_path_factory):
     """The tiny RL recipe: killed (SIGKILL) at step 12, then resumed to step 40. Returns the dir."""
     out = tmp_path_factory.mktemp("tiny-rl")
     args = ["--config", TINY, f"output_dir={out}", f"max_steps={STEPS}", f"save_steps={SAVE_EVERY}"]
-    env = {**os.environ, "OVR_CACHE": str(ROOT / ".cache")}
-    killed = subprocess.run([sys.executable, "-c", DRIVER, "kill", *args], env=env, timeout=600)
-    assert killed.returncode == -signal.SIGKILL
-    assert last_complete_checkpoint(out) == str(out / f"checkpoint-{SAVE_EVERY}")
-    assert not (out / "config.json").exists(), "a killed run must not look finished"
-    resumed = subprocess.run(
-        [sys.executable, "-c", DRIVER, "run", *args, "--resume"], env=env, timeout=600
-    )
-    assert resumed.returncode == 0
+    killed_and_resumed(args + seed_overrides(), out, SAVE_EVERY, timeout=600)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for name in ("rl_curves.png", "trainer_state.json"):
         shutil.copy(out / name, ARTIFACTS / name)
@@ -91,7 +71,7 @@ def test_tiny_rl_accuracy_rises_beyond_noise(tiny_rl_run):
     """
     acc = {
         e["step"]: e["rewards/accuracy/mean"]
-        for e in _history(tiny_rl_run)
+        for e in history(tiny_rl_run)
         if "rewards/accuracy/mean" in e
     }
     assert sorted(acc) == list(range(1, STEPS + 1))
@@ -101,12 +81,13 @@ def test_tiny_rl_accuracy_rises_beyond_noise(tiny_rl_run):
     (ARTIFACTS / "accuracy.json").write_text(
         json.dumps({"start": start, "end": end, "per_step": acc})
     )
+    record_figures("tiny_rl_accuracy", start=start, end=end, rise=end - start)
     assert end >= start + 0.3 and end >= 0.5, f"accuracy {start:.3f} -> {end:.3f}"
 
 
 @pytest.mark.slow
 def test_tiny_rl_logs_the_rl_dynamics_and_plots_them(tiny_rl_run):
-    last = [e for e in _history(tiny_rl_run) if "loss" in e][-1]
+    last = [e for e in history(tiny_rl_run) if "loss" in e][-1]
     for key in (
         "rewards/accuracy/mean",
         "rewards/format/mean",
@@ -124,8 +105,9 @@ def test_tiny_rl_logs_the_rl_dynamics_and_plots_them(tiny_rl_run):
     assert list((tiny_rl_run / "runs").rglob("events.out.tfevents.*")), "TensorBoard events"
     # vLLM sampled from the trained weights: its logprobs match the trainer's all along
     drift = [
-        e["sampling/sampling_logp_difference/mean"] for e in _history(tiny_rl_run) if "loss" in e
+        e["sampling/sampling_logp_difference/mean"] for e in history(tiny_rl_run) if "loss" in e
     ]
+    record_figures("tiny_rl_logp_drift", max_drift=max(drift))
     assert max(drift) < 0.02
 
 
@@ -133,7 +115,7 @@ def test_tiny_rl_logs_the_rl_dynamics_and_plots_them(tiny_rl_run):
 def test_length_curriculum_runs_both_stages_in_one_command_across_the_resume(tiny_rl_run):
     """recipes/tiny-rl.yaml's two stages (44 tokens to step 10, then 48): the run killed at step
     12 resumed from checkpoint-10 into the second stage; no completion of stage one is longer."""
-    logged = {e["step"]: e for e in _history(tiny_rl_run) if "loss" in e}
+    logged = {e["step"]: e for e in history(tiny_rl_run) if "loss" in e}
     lengths = {step: e["curriculum/max_completion_length"] for step, e in logged.items()}
     assert lengths == {s: 44.0 if s <= 10 else 48.0 for s in range(1, STEPS + 1)}
     assert max(logged[s]["completions/max_length"] for s in range(1, 11)) <= 44
@@ -141,7 +123,7 @@ def test_length_curriculum_runs_both_stages_in_one_command_across_the_resume(tin
 
 @pytest.mark.slow
 def test_resume_after_kill_continues_at_the_checkpoint_step(tiny_rl_run):
-    steps = [e["step"] for e in _history(tiny_rl_run) if "loss" in e]
+    steps = [e["step"] for e in history(tiny_rl_run) if "loss" in e]
     assert steps == list(range(1, STEPS + 1)), "each step logged once: resumed at step 11"
     state = json.loads((tiny_rl_run / "trainer_state.json").read_text())
     assert state["global_step"] == STEPS
@@ -159,52 +141,8 @@ def test_rl_checkpoint_is_served_by_ovr_serve_and_counts_unseen_images(tiny_rl_r
     (ARTIFACTS / "unseen.json").write_text(
         json.dumps({"accuracy": accuracy, "commonest_share": commonest, "answers": answers})
     )
+    record_figures("tiny_rl_served", accuracy=accuracy, margin=accuracy - commonest)
     assert accuracy >= commonest + 0.3, (accuracy, commonest, Counter(answers))
-
-
-def served_counting_accuracy(model_dir, tmp_path) -> tuple[float, float, list[str]]:
-    """Serve ``model_dir`` with ovr-serve and ask it to count 60 unseen images (seed 12345), greedy;
-    returns (accuracy by the RL reward's grader, the commonest gold's share, the extracted answers)."""
-    from collections import Counter
-    from concurrent.futures import ThreadPoolExecutor
-
-    from openai import OpenAI
-
-    from ovr_core.grading import grade_serial
-    from ovr_core.synthetic import shape_counting_examples
-    from ovr_eval.loading import image_data_url
-    from ovr_serve.config import ServeConfig
-    from ovr_serve.launch import start_server
-    from tests.conftest import free_port
-
-    unseen = shape_counting_examples(60, seed=12345)
-    cfg = ServeConfig(
-        model=str(model_dir), port=free_port(), cpu_kvcache_gib=1, startup_timeout=600
-    )
-    with start_server(cfg, log_path=tmp_path / "serve.log") as handle:
-        client = OpenAI(base_url=handle.base_url, api_key="none")
-
-        def ask(example) -> str:
-            image = {
-                "type": "image_url",
-                "image_url": {"url": image_data_url(example["image"], None)},
-            }
-            content = [image, {"type": "text", "text": example["question"]}]
-            reply = client.chat.completions.create(
-                model=cfg.served_model_name,
-                messages=[{"role": "user", "content": content}],
-                max_tokens=48,
-                temperature=0,
-            )
-            return reply.choices[0].message.content or ""
-
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(ask, unseen))
-    golds = [e["gold"] for e in unseen]
-    verdicts = grade_serial(answers, golds)  # the RL reward's own check
-    accuracy = sum(v.score for v in verdicts) / len(golds)
-    commonest = Counter(golds).most_common(1)[0][1] / len(golds)
-    return accuracy, commonest, [v.extracted for v in verdicts]
 
 
 # ---- units -----------------------------------------------------------------------------------

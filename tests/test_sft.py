@@ -20,6 +20,7 @@ import torch
 
 from ovr_train.sft import main, parse_args
 from ovr_train.training_common import CURVES_PNG, RESOLVED_CONFIG, last_complete_checkpoint
+from tests.helpers.rl_runs import SEED, record_figures, seed_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "recipes" / "tiny-coldstart.yaml")
@@ -45,7 +46,7 @@ def _losses(output_dir) -> dict[int, float]:
 def tiny_run(tmp_path_factory):
     """The tiny recipe as shipped, run once for the module; returns its output directory."""
     out = tmp_path_factory.mktemp("tiny-coldstart")
-    main(*parse_args(["--config", TINY, f"output_dir={out}"]))
+    main(*parse_args(["--config", TINY, f"output_dir={out}", *seed_overrides(data=False)]))
     return out
 
 
@@ -57,6 +58,7 @@ def test_tiny_recipe_trains_loss_falls_and_weights_move(tiny_run):
 
     losses = list(_losses(tiny_run).values())
     assert len(losses) >= 10
+    record_figures("tiny_sft_loss", first=losses[0], last=losses[-1], ratio=losses[-1] / losses[0])
     assert losses[0] > 3.0 and losses[-1] < losses[0] / 4, losses
     before = load_file(Path(resolve_model("tiny-random")) / "model.safetensors")
     after = load_file(tiny_run / "model.safetensors")
@@ -135,7 +137,7 @@ def test_tiny_recipe_teaches_the_format(tiny_run):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_run)
     model = AutoModelForImageTextToText.from_pretrained(tiny_run, dtype=torch.float32).eval()
-    questions = [ex["question"] for ex in reasoning_examples(6, seed=999)]
+    questions = [ex["question"] for ex in reasoning_examples(6, seed=999 + SEED)]
     well_formed = 0
     for question in questions:
         ids = tokenizer.apply_chat_template(
@@ -147,6 +149,7 @@ def test_tiny_recipe_teaches_the_format(tiny_run):
         out = model.generate(**ids, max_new_tokens=80, do_sample=False)
         text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         well_formed += is_well_formed(text)
+    record_figures("tiny_sft_format", well_formed=well_formed)
     assert well_formed >= 5, f"{well_formed}/6 well formed"
 
 

@@ -1,0 +1,53 @@
+"""``ovr-train rl`` for the tests: ``python -m tests.helpers.rl_driver [--kill-at N]
+[--write-restored-critic PATH] RL-ARGS...``.
+
+``--kill-at N`` SIGKILLs the run at the end of step N (a crash that leaves no chance to clean up);
+``--write-restored-critic PATH`` writes the critic's weights right after ``--resume`` restored them,
+to compare with the checkpoint's (PPO)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--kill-at", type=int)
+    parser.add_argument("--write-restored-critic")
+    ours, rest = parser.parse_known_args(argv)
+    if ours.write_restored_critic:
+        _write_critic_after_restore(ours.write_restored_critic)
+    from transformers import TrainerCallback
+
+    from ovr_train.rl import main as rl_main
+    from ovr_train.rl import parse_args
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == ours.kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    rl_main(*parse_args(rest), callbacks=[Kill()] if ours.kill_at else None)
+
+
+def _write_critic_after_restore(path: str) -> None:
+    from safetensors.torch import save_file
+
+    from ovr_train import ppo
+
+    restore = ppo.CriticTraining._load_optimizer_and_scheduler
+
+    def restore_and_write(self, checkpoint):
+        restore(self, checkpoint)
+        if checkpoint is not None:
+            state = self.accelerator.unwrap_model(self.critic).state_dict()
+            save_file({k: v.contiguous() for k, v in state.items()}, path)
+
+    ppo.CriticTraining._load_optimizer_and_scheduler = restore_and_write
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
