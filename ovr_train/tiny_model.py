@@ -77,7 +77,6 @@ class TinyModelSpec:
     seed: int = field(default_factory=seed_from_env)
 
 
-
 def build_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec | None = None) -> Path:
     """Write a complete, servable tiny Qwen2.5-VL checkpoint to ``out_dir`` and return its path.
 
@@ -322,9 +321,7 @@ def cli(argv: list[str]) -> int:
         default=TinyModelSpec.format_steps,
         help="training steps on synthetic traces (0: random weights)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=None, help=f"default: ${SEED_ENV}, else 0"
-    )
+    parser.add_argument("--seed", type=int, default=None, help=f"default: ${SEED_ENV}, else 0")
     args = parser.parse_args(argv)
     if args.cached:
         print(cached_tiny_model())

@@ -253,7 +253,13 @@ def test_tiny_ppo_learns_to_count_and_its_critic_the_expected_reward(tiny_ppo_ru
         json.dumps({"start": start, "end": end, "ev_start": ev_start, "ev_end": ev_end, "gap": gap})
     )
     record_figures(
-        "tiny_ppo", start=start, end=end, rise=end - start, ev_start=ev_start, ev_end=ev_end, gap=gap
+        "tiny_ppo",
+        start=start,
+        end=end,
+        rise=end - start,
+        ev_start=ev_start,
+        ev_end=ev_end,
+        gap=gap,
     )
     assert end >= start + 0.3 and end >= 0.5, f"accuracy {start:.3f} -> {end:.3f}"
     assert gap < 0.15, f"critic's mean value vs accuracy, last 10 steps: {gap:.3f} apart"

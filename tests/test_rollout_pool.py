@@ -29,6 +29,7 @@ from ovr_train.rollout_pool import (
 )
 from ovr_train.rollout_servers import RolloutServers, RolloutSpec, check_spec, server_command
 from tests.conftest import finished_requests, free_port
+from tests.helpers.rl_runs import record_figures, seed_overrides
 
 FORMAT_PROMPTS = [
     "<|im_start|>user\nHow many shapes are there?<|im_end|>\n<|im_start|>assistant\n<think>",
@@ -330,6 +331,7 @@ def test_server_mode_rl_trains_with_rollouts_from_every_server(servers, recipe, 
                 f"output_dir={tmp_path / 'rl'}",
                 "save_strategy=no",
                 "report_to=none",
+                *seed_overrides(),
             ]
         ),
         callbacks=[Logs()],
@@ -341,7 +343,9 @@ def test_server_mode_rl_trains_with_rollouts_from_every_server(servers, recipe, 
     served = [a - b for a, b in zip(after, before, strict=True)]
     assert all(n >= 3 * 8 * 8 / 2 * 0.75 for n in served), served
     # the servers started scrambled: rollouts in the learned format prove the step-0 push reached both
-    assert min(row["rewards/format/mean"] for row in steps) > 0.8, steps
+    fmt = min(row["rewards/format/mean"] for row in steps)
+    record_figures(f"server_mode_{recipe.split('.')[0]}", min_format=fmt)
+    assert fmt > 0.8, steps
     assert any(Path(out).glob("*.safetensors")) and (Path(out) / "processor_config.json").exists()
 
 
