@@ -8,6 +8,7 @@ import io
 import json
 import re
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -147,3 +148,133 @@ def test_a_login_in_any_script_is_checked_not_raised():
     check = auth_check([("ann", "secret"), ("zoë", "пароль")])
     assert check("ann", "secret") and check("zoë", "пароль")
     assert not check("ann", "sécret") and not check("日本", "密码") and not check("ann", "\udcff")
+
+
+def test_extra_parameters_take_no_more_stop_strings_than_vllm():
+    """vLLM 0.32 refuses more than VLLM_MAX_STOP_STRINGS (4) stop strings: the box says so first."""
+    import importlib.util
+    from pathlib import Path
+
+    envs = Path(importlib.util.find_spec("vllm").submodule_search_locations[0]) / "envs.py"
+    found = re.search(r'"VLLM_MAX_STOP_STRINGS", "(\d+)"', envs.read_text())
+    most = int(found.group(1))  # the installed vLLM's default, read without importing vLLM
+    assert parse_extra(json.dumps({"stop": ["a"] * most})) == {"stop": ["a"] * most}
+    with pytest.raises(ValueError, match=f"up to {most} items"):
+        parse_extra(json.dumps({"stop": ["a"] * (most + 1)}))
+    assert len(parse_extra(json.dumps({"stop_token_ids": list(range(16))}))["stop_token_ids"]) == 16
+
+
+# --- the UI's HTTP rules: Host, Origin, upload caps, the login cookie --------------------------
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    """A real UI process (no model needed: nothing here chats), uploads capped at 1 MB, its
+    upload folder in a temporary directory."""
+    from tests.conftest import free_port
+    from tests.webui_helpers import running_webui
+
+    uploads = tmp_path_factory.mktemp("gradio")
+    port = free_port()
+    env = {"GRADIO_TEMP_DIR": str(uploads)}
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with running_webui(dead, "ovr", port, args=["--max-upload-mb", "1"], env=env) as url:
+        yield url, uploads
+
+
+def _upload(url: str, size: int, **headers) -> httpx.Response:
+    import os
+
+    files = {"files": ("q.png", b"\x89PNG" + os.urandom(16) + b"0" * size, "image/png")}
+    return httpx.post(url + "/gradio_api/upload", files=files, headers=headers, timeout=60)
+
+
+def _stored(uploads) -> list:
+    return [p for p in uploads.rglob("*") if p.is_file() and p.name == "q.png"]
+
+
+@pytest.mark.slow
+def test_the_ui_answers_loopback_hosts_only(ui):
+    url, _ = ui
+    port = httpx.URL(url).port
+    assert httpx.get(url + "/", timeout=30).status_code == 200
+    assert (
+        httpx.get(url + "/", headers={"Host": f"localhost:{port}"}, timeout=30).status_code == 200
+    )
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example"):
+        for path in ("/", "/config", "/gradio_api/info"):
+            resp = httpx.get(url + path, headers={"Host": host}, timeout=30)
+            assert resp.status_code == 403, (host, path)
+            assert "--allowed-hosts" in resp.text
+        assert _upload(url, 10, Host=host).status_code == 403
+
+
+@pytest.mark.slow
+def test_cross_site_uploads_are_refused_and_store_nothing(ui):
+    url, uploads = ui
+    before = len(_stored(uploads))
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": url.replace("127.0.0.1", "localhost")},  # another origin, even if local
+    ):
+        resp = _upload(url, 10, **headers)
+        assert resp.status_code == 403, (headers, resp.status_code)
+    assert len(_stored(uploads)) == before
+    assert _upload(url, 10, Origin=url, **{"Sec-Fetch-Site": "same-origin"}).status_code == 200
+    assert _upload(url, 10).status_code == 200  # no browser, no Origin: a script on this machine
+    assert len(_stored(uploads)) == before + 2
+
+
+@pytest.mark.slow
+def test_uploads_over_the_cap_are_refused_whether_declared_or_streamed(ui):
+    url, uploads = ui
+    before = len(_stored(uploads))
+    assert _upload(url, (1 << 20) - 4096).status_code == 200
+    assert _upload(url, 2 << 20).status_code == 413  # Content-Length says so: nothing is read
+
+    def chunks():  # no Content-Length: cut once 1 MB has come
+        for _ in range(64):
+            yield b"0" * (64 << 10)
+
+    body = b"--b\r\nContent-Disposition: form-data; name=files; filename=q.png\r\n\r\n"
+    try:
+        resp = httpx.post(
+            url + "/gradio_api/upload",
+            content=iter([body, *chunks(), b"\r\n--b--\r\n"]),
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+            timeout=60,
+        )
+        assert resp.status_code == 413
+    except httpx.TransportError:
+        pass  # the server may close while we still send
+    sizes = [p.stat().st_size for p in _stored(uploads)]
+    assert len(sizes) == before + 1 and max(sizes) < 1 << 20
+
+
+@pytest.mark.slow
+def test_the_login_cookie_is_samesite_lax_and_cross_site_requests_are_refused():
+    from tests.conftest import free_port
+    from tests.webui_helpers import running_webui
+
+    env = {"OVR_UI_USER": "ann", "OVR_UI_PASSWORD": "pw-1234"}
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with running_webui(dead, "ovr", free_port(), env=env, log_name="webui-login") as url:
+        resp = httpx.post(url + "/login", data={"username": "ann", "password": "pw-1234"})
+        cookies = resp.headers.get_list("set-cookie")
+        assert resp.status_code == 200 and cookies
+        for cookie in cookies:
+            flags = [f.strip().lower() for f in cookie.split(";")]
+            assert "samesite=lax" in flags and "samesite=none" not in flags, cookie
+        jar = {c.split("=", 1)[0]: c.split("=", 1)[1].split(";")[0] for c in cookies}
+        site = {"Sec-Fetch-Site": "cross-site", "Origin": "http://evil.example"}
+        resp = httpx.post(
+            url + "/gradio_api/upload",
+            files={"files": ("q.png", b"x", "image/png")},
+            cookies=jar,
+            headers=site,
+        )
+        assert resp.status_code == 403
+        resp = httpx.post(
+            url + "/gradio_api/upload", files={"files": ("q.png", b"x", "image/png")}, cookies=jar
+        )
+        assert resp.status_code == 200  # the same user, from the UI's own page

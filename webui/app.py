@@ -24,6 +24,7 @@ from ovr_core.wire import SAMPLING
 from webui import conversation as conv
 from webui.example_images import EXAMPLES_DIR, example_paths
 from webui.render import to_chatbot, turn_of_message, unescape_html
+from webui.security import UISecurity, security_options
 from webui.settings import UISettings, auth_check, parse_settings
 from webui.stream import TurnStream, UpdateThrottle
 from webui.upstream import Endpoint, describe_error, list_models, stream_turn
@@ -96,7 +97,8 @@ def launch(app: gr.Blocks, settings: UISettings, **kwargs):
     from starlette.middleware import Middleware
 
     return app.launch(
-        app_kwargs={"middleware": [Middleware(ContentSecurityPolicy)]},
+        app_kwargs={"middleware": [Middleware(UISecurity, **security_options(settings))]},
+        max_file_size=settings.max_upload_bytes,
         server_name=settings.host,
         server_port=settings.port,
         root_path=settings.root_path,
@@ -108,50 +110,6 @@ def launch(app: gr.Blocks, settings: UISettings, **kwargs):
         css=CSS,
         **kwargs,
     )
-
-
-# Pages load nothing from elsewhere, whatever a message contains: model text, imported chats and
-# example files can name remote images, stylesheets or frames, and the browser fetches none of
-# them. Scripts stay as Gradio needs them (inline); DOMPurify and escape_html keep HTML out.
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'self'",
-        "script-src 'self' 'unsafe-inline' 'unsafe-eval'",
-        "style-src 'self' 'unsafe-inline'",
-        "img-src 'self' data: blob:",
-        "media-src 'self' data: blob:",
-        "font-src 'self' data:",
-        "connect-src 'self'",
-        "frame-src 'self'",
-        "object-src 'none'",
-        "base-uri 'self'",
-        "form-action 'self'",
-    ]
-)
-
-
-class ContentSecurityPolicy:
-    """ASGI middleware: ``CONTENT_SECURITY_POLICY`` on every HTTP response of the UI."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def with_policy(message):
-            if message["type"] == "http.response.start":
-                headers = [
-                    h
-                    for h in message.get("headers", [])
-                    if h[0].lower() != b"content-security-policy"
-                ]
-                headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        return await self.app(scope, receive, with_policy)
 
 
 def build_app(settings: UISettings) -> gr.Blocks:
@@ -581,6 +539,10 @@ EXTRA_SAMPLING = {
 }
 
 
+# vLLM 0.32 refuses more stop strings than VLLM_MAX_STOP_STRINGS (default 4; vllm/envs.py).
+MAX_STOP_STRINGS = 4
+
+
 def parse_extra(text: str | None) -> dict:
     """The side panel's extra sampling parameters: a JSON object of ``EXTRA_SAMPLING`` keys, or a
     ValueError that names what is refused."""
@@ -605,8 +567,9 @@ def parse_extra(text: str | None) -> dict:
         if key == "n" and not 1 <= value <= 64:
             raise ValueError("Extra sampling parameters: 'n' must be between 1 and 64.")
         if isinstance(value, list):
-            if len(value) > 16 or any(not isinstance(v, (str, int)) for v in value):
-                raise ValueError(f"Extra sampling parameters: {key!r} takes up to 16 items.")
+            most = MAX_STOP_STRINGS if key == "stop" else 16
+            if len(value) > most or any(not isinstance(v, (str, int)) for v in value):
+                raise ValueError(f"Extra sampling parameters: {key!r} takes up to {most} items.")
     return params
 
 

@@ -14,7 +14,11 @@ from pathlib import Path
 
 from ovr_core.ports import is_loopback
 from ovr_core.wire import API_KEY_ENV, DEFAULT_ENDPOINT, DEFAULT_HOST, DEFAULT_UI_PORT
+from webui.conversation import MAX_IMPORT_BYTES
 from webui.stream import UPDATE_INTERVAL_S
+
+# The largest file the UI reads (a conversation JSON with its images): per file and per request.
+MAX_UPLOAD_BYTES = MAX_IMPORT_BYTES
 
 DEFAULT_MAX_TOKENS = 16384  # OVR-7B traces often run to several thousand tokens
 
@@ -34,6 +38,9 @@ class UISettings:
     max_tokens: int = DEFAULT_MAX_TOKENS
     idle_timeout: float = 300.0
     update_interval: float = UPDATE_INTERVAL_S
+    allowed_hosts: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
 
 
 def parse_settings(argv: list[str] | None = None) -> UISettings:
@@ -80,6 +87,25 @@ def parse_settings(argv: list[str] | None = None) -> UISettings:
         default=UISettings.idle_timeout,
         help="Seconds without a token before a generation counts as timed out.",
     )
+    p.add_argument(
+        "--allowed-hosts",
+        nargs="*",
+        default=[],
+        help="Host names the UI answers besides loopback names and its address ('*': any);"
+        " checked on loopback or without a login.",
+    )
+    p.add_argument(
+        "--allowed-origins",
+        nargs="*",
+        default=[],
+        help="Other sites' origins (scheme://host:port) whose pages may send requests.",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=MAX_UPLOAD_BYTES >> 20,
+        help="Largest upload, per file and per request, in MB.",
+    )
     a = p.parse_args(argv)
     auth = read_auth(a.auth_file)
     user, password = os.environ.get("OVR_UI_USER"), os.environ.get("OVR_UI_PASSWORD")
@@ -102,6 +128,9 @@ def parse_settings(argv: list[str] | None = None) -> UISettings:
         concurrency=a.concurrency,
         max_tokens=a.max_tokens,
         idle_timeout=a.idle_timeout,
+        allowed_hosts=a.allowed_hosts,
+        allowed_origins=a.allowed_origins,
+        max_upload_bytes=a.max_upload_mb << 20,
     )
 
 
