@@ -222,6 +222,11 @@ def start_server(
                 "--port",
                 str(cfg.ui_port),
             ]
+            # the API's Host/Origin openings hold for the UI too (its flags: ovr-webui --help)
+            if cfg.allowed_hosts:
+                ui_cmd += ["--allowed-hosts", *cfg.allowed_hosts]
+            if cfg.allowed_origins:
+                ui_cmd += ["--allowed-origins", *cfg.allowed_origins]
             # the UI reads the key from the one variable clients use, whatever the server read it from
             ui_env = {**os.environ, API_KEY_ENV: cfg.api_key() or ""}
             handle.processes.append(_spawn(ui_cmd, ui_env, log))
