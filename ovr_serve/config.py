@@ -7,6 +7,7 @@ The CLI, `--config serve.yaml`, `--dry-run` and the Docker entrypoint all go thr
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from ovr_core.wire import (
 )
 
 DEFAULT_MODEL = "Kangheng/OVR-7B-RL"
+DEFAULT_MAX_MODEL_LEN = 49152  # the RL curriculum's last stage (paper §4.1): 48k-token traces
 GUARD_ENV = "OVR_GUARD_CONFIG"
 # The routes the guard lets through; every other path is 404 for every client (vLLM 0.32 also
 # registers admin, debug and other-API routes, e.g. /scale_elastic_ep, that OVR does not serve).
@@ -67,8 +69,8 @@ class ServeConfig:
     max_model_len: int | None = field(
         default=None,
         metadata={
-            "help": "Context length (prompt + trace). Default 49152 (OVR's RL curriculum ends at 48k),"
-            " capped at the checkpoint's max_position_embeddings."
+            "help": f"Context length (prompt + trace). Default {DEFAULT_MAX_MODEL_LEN} (OVR's RL"
+            " curriculum ends at 48k), capped at the checkpoint's max_position_embeddings."
         },
     )
     max_images: int = field(default=4, metadata={"help": "Most images one request may carry."})
@@ -203,6 +205,11 @@ class ServeConfig:
     def is_loopback(self, host: str | None = None) -> bool:
         """True when the endpoint (or ``host``, e.g. the UI's) listens on this machine only."""
         return is_loopback(self.host if host is None else host)
+
+    def context_length(self, max_positions: int | None) -> int:
+        """The max_model_len vLLM gets: the setting, else the default capped at the checkpoint's
+        ``max_position_embeddings`` (``max_positions``; None when it names none)."""
+        return self.max_model_len or min(DEFAULT_MAX_MODEL_LEN, max_positions or math.inf)
 
     def api_key(self) -> str | None:
         """The API key from the environment, or None."""
