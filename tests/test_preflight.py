@@ -15,9 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psutil
 import pytest
 
+from ovr_core.model_shapes import QWEN2_5_VL_7B, shape_from_config
 from ovr_serve import preflight as pf
 from ovr_serve.cli import main
 from ovr_serve.config import ServeConfig
+from ovr_serve.device import Device, cuda_mismatch, gpu_device
 from ovr_serve.progress import fetch_weights, phase_of
 from tests.conftest import free_port
 
@@ -130,7 +132,9 @@ def test_qwen_7b_size_is_read_from_its_config():
     assert size.params == QWEN2_5_VL_7B_PARAMS
     assert size.weight_bytes == 2 * QWEN2_5_VL_7B_PARAMS
     assert size.kv_bytes_per_token == KV_BYTES_PER_TOKEN
-    assert pf.size_from_config(pf.QWEN2_5_VL_7B).params == QWEN2_5_VL_7B_PARAMS  # the table
+    # the shape written down in ovr_core (used when the hub cannot be asked) is the published one
+    assert shape_from_config(QWEN2_5_VL_7B_CONFIG, QWEN2_5_VL_7B.name) == QWEN2_5_VL_7B
+    assert pf.size_of(QWEN2_5_VL_7B, {}, "known").params == QWEN2_5_VL_7B_PARAMS
 
 
 def test_7b_on_a_small_kv_cache_is_refused_before_loading_with_the_fix(capsys, tmp_path):
@@ -156,7 +160,7 @@ def test_7b_on_a_small_kv_cache_is_refused_before_loading_with_the_fix(capsys, t
 )
 def test_7b_on_gpus_of_each_size_gets_the_fixes_that_work(gib, max_len, fixes):
     size = pf.size_from_config(QWEN2_5_VL_7B_CONFIG)
-    gpu = pf.Device("cuda", "a test GPU", gib << 30)
+    gpu = Device("cuda", "a test GPU", gib << 30)
     problems = pf.memory_problems(ServeConfig(max_model_len=max_len), size, gpu, max_len)
     assert len(problems) == (1 if fixes else 0)
     for fix in fixes:
@@ -167,7 +171,7 @@ def test_7b_on_gpus_of_each_size_gets_the_fixes_that_work(gib, max_len, fixes):
 
 def test_more_tensor_parallel_ranks_than_gpus_is_refused():
     size = pf.size_from_config(QWEN2_5_VL_7B_CONFIG)
-    gpu = pf.Device("cuda", "a test GPU", 80 << 30, count=2)
+    gpu = Device("cuda", "a test GPU", 80 << 30, count=2)
     (problem,) = pf.memory_problems(ServeConfig(tensor_parallel_size=4), size, gpu, 49152)
     assert "tensor_parallel_size 4" in problem and "has 2" in problem
     assert pf.memory_problems(ServeConfig(tensor_parallel_size=2), size, gpu, 49152) == []
@@ -404,14 +408,14 @@ def test_gpu_facts_come_from_nvidia_smi_and_an_old_driver_is_named(tmp_path, mon
     (tmp_path / "nvidia-smi").write_text(NVIDIA_SMI)
     (tmp_path / "nvidia-smi").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    gpu = pf.gpu_device()
+    gpu = gpu_device()
     assert (gpu.name, gpu.memory, gpu.count) == ("NVIDIA H100 80GB HBM3", 81559 << 20, 2)
     assert "driver 535.104.05" in gpu.notes and "CUDA 12.2 (driver)" in gpu.notes
     monkeypatch.setattr(torch.version, "cuda", "13.0")  # a newer major: refused, with the fix
-    kind, line = pf.cuda_mismatch(gpu)
+    kind, line = cuda_mismatch(gpu)
     assert kind == "problem" and "supports CUDA 12.2 and this vLLM build is for CUDA 13.0" in line
     assert "update the driver" in line and "wheel built for CUDA 12" in line
     monkeypatch.setattr(torch.version, "cuda", "12.8")  # a newer minor: minor-version compatible
-    assert pf.cuda_mismatch(gpu)[0] == "warning"
+    assert cuda_mismatch(gpu)[0] == "warning"
     monkeypatch.setattr(torch.version, "cuda", "12.1")
-    assert pf.cuda_mismatch(gpu) is None
+    assert cuda_mismatch(gpu) is None
