@@ -8,6 +8,12 @@ concurrency 1, 4 and 16: requests/s, output tokens/s and time to first token (st
 openai client) through `ovr-serve` (guard middleware + OVR reasoning parser) and through bare
 `vllm serve` (vLLM's own server, none of ours) with the same engine flags. Prints a table with the
 ratios (ovr / bare: ≈1.0 means no overhead) and writes artifacts/bench/serve.json.
+
+Images: per image (PNG and JPEG, 448x448 to 2048x1536), the guard's own cost (in process: the
+request with the image minus the same request without) as a share of vLLM's own front-end time
+for the same image (bare vLLM's /tokenize of the chat with the image minus without: data URL,
+Pillow decode, the Qwen2.5-VL processor; a new image each time, so vLLM's processor cache never
+answers). `--images-only` runs just that part (one server: bare vLLM).
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ def main() -> None:
         "--rounds", type=int, default=5, help="alternating rounds per level (median kept)"
     )
     parser.add_argument("--out", default=str(ROOT / "artifacts" / "bench" / "serve.json"))
+    parser.add_argument(
+        "--images-only", action="store_true", help="only the guard's per-image cost (bare vLLM)"
+    )
+    parser.add_argument("--image-repeats", type=int, default=7, help="images per size (median)")
     args = parser.parse_args()
     if not args.model:
         from ovr_train.tiny_model import cached_tiny_model
@@ -53,6 +63,18 @@ def main() -> None:
         model=args.model, port=free_port(), api_key_env="OVR_BENCH_KEY", cpu_kvcache_gib=1
     )
     cfg, device, think, max_len = resolve(cfg)
+    if args.images_only:
+        bare = _start_bare(
+            ServeConfig(model=cfg.model, port=free_port(), cpu_kvcache_gib=cfg.cpu_kvcache_gib),
+            device,
+            max_len,
+        )
+        try:
+            images = _image_costs(bare.root, cfg.served_model_name, args.image_repeats)
+        finally:
+            bare.stop()
+        _report_images(images, args.out.replace(".json", "-images.json"))
+        return
 
     # Both servers up at once, load rounds alternating between them, medians kept: background load
     # on a shared machine then hits both sides alike instead of whichever ran second.
@@ -87,11 +109,108 @@ def main() -> None:
                         )
                     )
         results = {name: {c: _median(rs) for c, rs in per.items()} for name, per in rounds.items()}
+        _only(servers, "bare vllm")
+        images = _image_costs(servers["bare vllm"].root, cfg.served_model_name, args.image_repeats)
     finally:
         _only(servers, None)
         for handle in servers.values():
             handle.stop()
     _report(results, _spread(rounds), args, device)
+    _report_images(images, args.out.replace(".json", "-images.json"))
+
+
+IMAGE_CASES = [(fmt, size) for fmt in ("PNG", "JPEG") for size in ((448, 448), (1024, 1024))]
+IMAGE_CASES += [("PNG", (2048, 1536)), ("JPEG", (2048, 1536))]
+
+
+def _photo(size: tuple[int, int], variant: int, fmt: str) -> bytes:
+    """A deterministic photo-like image (smooth fields and detail), one pixel set by ``variant``
+    so that every image is new to vLLM's processor cache."""
+    import io
+
+    from PIL import Image
+
+    bands = [
+        Image.effect_mandelbrot(size, (-2.0, -1.2, 0.8, 1.2), 60),
+        Image.linear_gradient("L").resize(size),
+        Image.radial_gradient("L").resize(size),
+    ]
+    img = Image.merge("RGB", bands)
+    img.putpixel((variant % size[0], 0), (variant % 256, 7, 9))
+    buf = io.BytesIO()
+    img.save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def _image_costs(bare_root: str, model: str, repeats: int) -> list[dict]:
+    """Per image case: the guard's ms (in process) and bare vLLM's front-end ms (/tokenize with
+    the image minus without), medians over ``repeats`` new images."""
+    import base64
+
+    import httpx
+
+    from ovr_serve.guard import RequestGuard
+
+    os.environ["OVR_BENCH_KEY"] = "bench-key"
+    guard = RequestGuard(_downstream, ServeConfig(api_key_env="OVR_BENCH_KEY").guard_settings())
+    text = {"type": "text", "text": "What is in the picture?"}
+
+    def chat(url: str | None) -> dict:
+        parts = [{"type": "image_url", "image_url": {"url": url}}] if url else []
+        return {"model": model, "messages": [{"role": "user", "content": [*parts, text]}]}
+
+    def tokenize(body: dict, client: httpx.Client) -> tuple[float, int]:
+        start = time.perf_counter()
+        resp = client.post(bare_root + "/tokenize", json=body)
+        took = time.perf_counter() - start
+        resp.raise_for_status()
+        return took, resp.json()["count"]
+
+    rows, variant = [], 0
+    with httpx.Client(timeout=300) as client:
+        tokenize(chat(None), client)  # warm
+        for fmt, size in IMAGE_CASES:
+            guard_ms, vllm_ms, tokens = [], [], 0
+            for _ in range(repeats + 1):
+                variant += 1
+                raw = _photo(size, variant, fmt)
+                url = f"data:image/{fmt.lower()};base64,{base64.b64encode(raw).decode()}"
+                with_image, without = (
+                    json.dumps(chat(url)).encode(),
+                    json.dumps(chat(None)).encode(),
+                )
+                g = _time_guard(guard, with_image, 1) - _time_guard(guard, without, 1)
+                base, _ = tokenize(chat(None), client)
+                took, tokens = tokenize(chat(url), client)
+                if variant % (repeats + 1) != 1:  # the first of each size warms its code paths
+                    guard_ms.append(g / 1000)
+                    vllm_ms.append(1000 * (took - base))
+            row = {
+                "format": fmt,
+                "size": f"{size[0]}x{size[1]}",
+                "kib": len(raw) >> 10,
+                "guard_ms": statistics.median(guard_ms),
+                "vllm_front_end_ms": statistics.median(vllm_ms),
+                "prompt_tokens": tokens,
+            }
+            row["share"] = row["guard_ms"] / row["vllm_front_end_ms"]
+            rows.append(row)
+    return rows
+
+
+def _report_images(rows: list[dict], out: str) -> None:
+    print("\nrequest guard per image vs vLLM's own front-end time for it (bare vLLM /tokenize):")
+    print(f"{'image':>15} {'KiB':>6} | {'guard ms':>8} {'vLLM ms':>8} {'share':>6} | tokens")
+    for r in rows:
+        print(
+            f"{r['format'] + ' ' + r['size']:>15} {r['kib']:>6} | {r['guard_ms']:>8.2f}"
+            f" {r['vllm_front_end_ms']:>8.1f} {100 * r['share']:>5.1f}% | {r['prompt_tokens']}"
+        )
+    worst = max(r["share"] for r in rows)
+    print(f"worst share: {100 * worst:.1f}% (target: at most 10%)")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"images": rows, "worst_share": worst}, indent=2))
+    print(f"written {out}")
 
 
 def _spread(rounds: dict) -> dict:

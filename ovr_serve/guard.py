@@ -5,19 +5,29 @@ Loaded into vLLM's app with ``--middleware ovr_serve.guard.RequestGuard``; its s
 Why our own: vLLM's ``--api-key`` guards only ``/v1``, ``/v2`` and ``/inference``, and vLLM 0.32
 registers many routes OVR does not serve (``/invocations``, ``/scale_elastic_ep``, ``/v1/messages``…).
 
-The policy, in the order it is applied (nothing of the body is read before the key is checked):
+The policy, in the order it is applied (nothing of the body is read before the key is checked;
+the head itself is bounded before that: ``ovr_serve.guard_http``):
 
-1. Only ``open_routes`` (GET, no key) and ``api_routes`` (key) exist; every other path is 404.
-2. A request whose headers two parsers could read differently is refused: a repeated
+1. At most ``max_headers`` header lines; on loopback or without a key, only loopback host names,
+   the listen address and ``allowed_hosts`` in ``Host`` (DNS rebinding), and browser pages only
+   from those hosts or ``allowed_origins`` (``Origin``, ``Sec-Fetch-Site: cross-site``).
+2. Only ``open_routes`` (GET, no key) and ``api_routes`` (key) exist; every other path is 404.
+3. A request whose headers two parsers could read differently is refused: a repeated
    ``Content-Type``, ``Content-Length``, ``Authorization``…, a ``Transfer-Encoding`` other than
-   ``chunked``, a JSON route sent something other than JSON, a compressed body.
-3. The body is parsed once, as FastAPI will parse it (``json.loads`` of the bytes), within size and
-   depth caps. The whole payload is walked: every string that is a URL outside the text fields is a
-   media reference (vLLM reads media from many shapes; we do not guess which), so each image is
-   checked wherever it sits: data URLs must decode, header and pixels, to an image within the byte
-   and pixel limits; http(s)/file URLs only for allowed domains/folders. Audio, video, files and
-   embeddings are refused (OVR reads images). Client media ``uuid``\\s are removed, so no request can
-   reach an image another request cached.
+   ``chunked``, a JSON route sent something other than JSON, a compressed body. The key is compared
+   after spaces and tabs only (RFC 9110), in constant time.
+4. At most ``max_requests_per_client`` requests of one client address in progress (429 beyond).
+5. The body is parsed once, as FastAPI will parse it (``json.loads`` of the bytes), within size and
+   depth caps. The payload is walked: every string that is a URL outside the text fields and the
+   free-form fields (``metadata``, tool schemas… ``FREE_FORM_FIELDS``) is a media reference (vLLM
+   reads media from many shapes; we do not guess which), so each image is checked wherever it sits:
+   data URLs must be base64 of an image whose header (format, size) is within the byte and pixel
+   limits (the pixels are decoded once, by vLLM, which answers 400 for any it cannot decode:
+   ``answer_undecodable_images_400``); http(s)/file URLs only for allowed domains/folders. Audio,
+   video, files and embeddings are refused (OVR reads images). Client media ``uuid``\\s are
+   removed, so no request can reach an image another request cached. Text that cannot fit the
+   context (fewer characters per token than the longest token has) is refused before vLLM renders
+   or tokenizes it.
 
 vLLM itself is started with the same limits (``config.vllm_command``/``child_env``), so a request
 the guard misread still cannot make the server fetch a URL or read a file.
@@ -38,7 +48,15 @@ from urllib.request import url2pathname
 import pybase64
 
 from ovr_serve.config import GUARD_ENV, GuardSettings
-from ovr_serve.guard_http import ClientSlots, GuardError, HostRule, single_headers
+from ovr_serve.guard_http import (
+    ClientSlots,
+    GuardError,
+    HostRule,
+    read_body,
+    refuse,
+    replay,
+    single_headers,
+)
 
 _BIG_BODY = 256 * 1024  # above this, inspect the body in a worker thread
 # Fields whose strings vLLM reads as text, never as media: a URL typed in a question is fine.
@@ -95,19 +113,19 @@ class RequestGuard:
             if self.routes.get(scope["path"], (None, False))[1] and scope["method"] != "OPTIONS":
                 client = self.slots.take(scope)
         except GuardError as err:
-            return await _refuse(scope, send, err)
+            return await refuse(scope, send, err)
         try:
             if needs_body:
                 self.prompt_limit = self.prompt_limit or _prompt_limit(scope)
-                body = await _read_body(receive, self.max_body)
+                body = await read_body(receive, self.max_body)
                 if len(body) > _BIG_BODY:
                     body = await asyncio.to_thread(self.check_json_body, body, scope["path"])
                 else:
                     body = self.check_json_body(body, scope["path"])
-                receive = _replay(body, receive)
+                receive = replay(body, receive)
         except GuardError as err:
             self.slots.give_back(client)
-            return await _refuse(scope, send, err)
+            return await refuse(scope, send, err)
         try:
             return await self.app(scope, receive, send)
         finally:
@@ -277,8 +295,9 @@ class RequestGuard:
 
 
 def _check_image_bytes(raw: bytes, max_pixels: int) -> None:
-    """The header within the pixel limit first (a decompression bomb is never decoded), then the
-    pixels themselves: an image vLLM could not decode is refused here, not half-way into a batch."""
+    """The header: a format vLLM serves, within the pixel limit (a decompression bomb is never
+    decoded). The pixels are decoded once, by vLLM itself, whose every decoding failure is a 400
+    (``answer_undecodable_images_400``): decoding them here too doubled the server's image work."""
     from PIL import Image
 
     Image.init()  # registers every plugin (``formats=`` does not load them)
@@ -287,15 +306,6 @@ def _check_image_bytes(raw: bytes, max_pixels: int) -> None:
             io.BytesIO(raw), formats=[f for f in IMAGE_FORMATS if f in Image.OPEN]
         ) as img:
             width, height = img.size
-            if width * height > max_pixels:
-                raise GuardError(
-                    413,
-                    f"image too large: {width}x{height} pixels, at most {max_pixels} pixels",
-                    "image_too_large",
-                )
-            img.load()
-    except GuardError:
-        raise
     except Image.DecompressionBombError:
         raise GuardError(
             413, "image too large: decompression bomb refused", "image_too_large"
@@ -305,6 +315,36 @@ def _check_image_bytes(raw: bytes, max_pixels: int) -> None:
             400,
             "image data does not decode as an image (PNG, JPEG, WebP, GIF…): corrupt or truncated?",
         ) from None
+    if width * height > max_pixels:
+        raise GuardError(
+            413,
+            f"image too large: {width}x{height} pixels, at most {max_pixels} pixels",
+            "image_too_large",
+        )
+
+
+def answer_undecodable_images_400() -> None:
+    """vLLM 0.32 answers 400 for an image whose pixels Pillow cannot decode only when Pillow says
+    so with an OSError (``ImageMediaIO.load_bytes``); Pillow's QOI decoder raises IndexError,
+    others ValueError or SyntaxError, and those reached the client as 500s. Every failure of the
+    load becomes the ValueError vLLM answers 400. Remove when vLLM's load_bytes catches Exception
+    (its ``except (OSError, UnidentifiedImageError)``)."""
+    from vllm.multimodal.media import image as media_image
+
+    original = media_image.ImageMediaIO.load_bytes
+    if getattr(original, "ovr_fixed", False):
+        return
+
+    def load_bytes(self, data: bytes):
+        try:
+            return original(self, data)
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise ValueError(f"Failed to load image: {type(exc).__name__}: {exc}") from exc
+
+    load_bytes.ovr_fixed = True
+    media_image.ImageMediaIO.load_bytes = load_bytes
 
 
 class _Found:
@@ -426,52 +466,3 @@ def _is_json(content_type: bytes | None) -> bool:
     message["content-type"] = content_type.decode("latin-1")
     charset = (message.get_param("charset") or "utf-8").lower()
     return message.get_content_type() == "application/json" and charset in ("utf-8", "utf8")
-
-
-async def _read_body(receive, limit: int) -> bytes:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise GuardError(413, f"request body over {limit} bytes", "request_too_large")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            break
-    return b"".join(chunks)
-
-
-def _replay(body: bytes, receive):
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-async def _refuse(scope, send, err: GuardError) -> None:
-    if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 4000 + err.status})
-        return
-    payload = json.dumps(
-        {"error": {"message": err.message, "type": err.code, "code": err.status}}
-    ).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-        (b"x-ovr-guard", b"refused"),  # tells a refusal of ours from one of vLLM's
-    ]
-    if err.status == 429:
-        headers.append((b"retry-after", b"1"))
-    if err.status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})

@@ -14,6 +14,7 @@ options that name httptools too).
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 
@@ -196,6 +197,58 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.close()
         self._end_head()
+
+
+async def read_body(receive, limit: int) -> bytes:
+    """The whole request body; GuardError (413) as soon as it passes ``limit`` bytes."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise GuardError(413, f"request body over {limit} bytes", "request_too_large")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def replay(body: bytes, receive):
+    """A ``receive`` that hands the app the body already read, then the client's own messages."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def refuse(scope, send, err: GuardError) -> None:
+    """Answer ``err`` as vLLM answers errors (OpenAI's error JSON), marked as the guard's."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 4000 + err.status})
+        return
+    payload = json.dumps(
+        {"error": {"message": err.message, "type": err.code, "code": err.status}}
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        (b"x-ovr-guard", b"refused"),  # tells a refusal of ours from one of vLLM's
+    ]
+    if err.status == 429:
+        headers.append((b"retry-after", b"1"))
+    if err.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def install_http_limits() -> bool:

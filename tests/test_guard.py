@@ -254,14 +254,16 @@ def test_media_other_than_images_is_refused(guard, part):
 @pytest.mark.parametrize(
     "url,status",
     [
-        (data_url(corrupt_pixels(png())), 400),
+        (data_url(png()[:40]), 400),  # cut in the header
+        (data_url(b"\x89PNG\r\n\x1a\n" + b"\0" * 64), 400),
         (data_url(png(), "data:image/png;base64;charset=utf-8"), 400),
         (data_url(png(), "data:image/png;charset=utf-8"), 400),
-        (data_url(png((64, 64))[:120]), 400),  # cut in the pixel data
         (data_url(b"<svg xmlns='http://www.w3.org/2000/svg'/>", "data:image/svg+xml;base64"), 400),
     ],
 )
-def test_every_image_is_decoded_pixels_and_all(guard, url, status):
+def test_every_image_header_is_read_before_vllm_sees_it(guard, url, status):
+    """The header only: pixels are decoded once, by vLLM (its failures are 400s, shown live in
+    tests/test_hostile_http.py), not twice."""
     assert refused(guard, chat(image_part(url))).status == status
 
 
@@ -431,7 +433,7 @@ def test_the_key_check_allows_only_spaces_and_tabs(guard, value, ok):
 def test_case_variants_of_a_data_url_are_checked_like_the_lower_case_one(guard, header):
     """vLLM lower-cases the scheme (urllib3's parse_url) and ignores the MIME type's case: the
     guard checks every spelling it would load, and refuses one it would not ('BASE64')."""
-    assert refused(guard, chat(image_part(data_url(corrupt_pixels(png()), header)))).status == 400
+    assert refused(guard, chat(image_part(data_url(png()[:40], header)))).status == 400
     assert guard.check_json_body(json.dumps(chat(image_part(data_url(png(), header)))).encode())
     assert refused(guard, chat(image_part(data_url(png(), "data:image/png;BASE64")))).status == 400
 

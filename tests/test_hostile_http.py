@@ -177,3 +177,46 @@ def test_one_client_holding_many_requests_gets_429_and_others_are_served(ovr_ser
     while (resp := _good_chat(ovr_server)).status_code == 429 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert resp.status_code == 200
+
+
+def _qoi_breaking_pillow() -> bytes:
+    """A QOI image with a sound header whose pixel data makes Pillow's decoder raise IndexError
+    (not the OSError vLLM 0.32 turns into a 400)."""
+    import io
+    import random
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.linear_gradient("L").convert("RGB").resize((64, 48)).save(buf, "QOI")
+    raw, rng = buf.getvalue(), random.Random(0)
+    for _ in range(5000):
+        data = bytearray(raw)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(14, len(data))] = rng.randrange(256)
+        try:
+            Image.open(io.BytesIO(bytes(data))).load()
+        except IndexError:
+            return bytes(data)
+        except Exception:
+            continue
+    raise AssertionError("no such QOI found: has Pillow's QOI decoder changed?")
+
+
+def test_images_whose_pixels_do_not_decode_get_vllms_400(ovr_server):
+    """The guard reads only the header; the pixels are decoded once, by vLLM, and every image it
+    cannot decode is a 400 (an IndexError from Pillow was a 500 in vLLM 0.32)."""
+    import base64
+
+    from tests.test_guard import corrupt_pixels, png
+
+    key = {"Authorization": f"Bearer {ovr_server.api_key}"}
+    for mime, raw in (("png", corrupt_pixels(png((64, 64)))), ("qoi", _qoi_breaking_pillow())):
+        url = f"data:image/{mime};base64,{base64.b64encode(raw).decode()}"
+        part = {"type": "image_url", "image_url": {"url": url}}
+        body = {"model": "ovr", "max_tokens": 1, "messages": [{"role": "user", "content": [part]}]}
+        for path in ("/v1/chat/completions", "/tokenize"):
+            resp = httpx.post(ovr_server.root + path, json=body, headers=key, timeout=120)
+            assert resp.status_code == 400, (mime, path, resp.status_code, resp.text[:300])
+            assert "x-ovr-guard" not in resp.headers  # vLLM's own refusal
+    assert _good_chat(ovr_server).status_code == 200
