@@ -8,7 +8,7 @@
    same model and prompts; output lengths vary (uniform in [max/8, max], EOS ignored) as RL rollouts do,
    and ``generate`` pads every sequence of a batch to the longest, which is the cost it pays.
 2. Reward throughput: the accuracy reward on 512 completions, serially in process vs the pooled
-   grader of ``ovr_train.rewards`` (when that module provides one).
+   grader of ``ovr_train.rl.rewards`` (when that module provides one).
 3. Time split of RL steps of the tiny recipes, GRPO against PPO (same prompts and seed):
    generate / score / critic / sync / policy, and PPO's step time over GRPO's.
 """
@@ -135,7 +135,7 @@ def rewards() -> None:
         )
         answers.append(str(a))
     from ovr_core.grading import grade_serial
-    from ovr_train.rewards import REWARDS
+    from ovr_train.rl.rewards import REWARDS
 
     start = time.perf_counter()
     grade_serial(completions, answers)
@@ -178,10 +178,11 @@ def timed_steps(recipe: Path, steps: int) -> dict[str, float]:
 
     import transformers
 
-    from ovr_train import rl
+    from ovr_train.rl import train as rl
+    from ovr_train.rl.trainer import OVRRLTrainer
 
     spent: dict[str, float] = defaultdict(float)
-    original_init = rl.OVRRLTrainer.__init__
+    original_init = OVRRLTrainer.__init__
 
     def timed(name, func):
         def wrapper(*a, **k):
@@ -200,12 +201,13 @@ def timed_steps(recipe: Path, steps: int) -> dict[str, float]:
         vg.sync_weights = timed("sync", vg.sync_weights)
         self._calculate_rewards = timed("score", self._calculate_rewards)
         self.training_step = timed("total", self.training_step)
-        if hasattr(self, "_train_critic"):  # PPO
-            self._critic_values = timed("critic", self._critic_values)
-            self._train_critic = timed("critic", self._train_critic)
-            self._ensure_critic = timed("setup", self._ensure_critic)
+        critic = getattr(self, "critic", None)  # PPO
+        if critic is not None:
+            critic.values = timed("critic", critic.values)
+            critic.train_on = timed("critic", critic.train_on)
+            critic.build = timed("setup", critic.build)
 
-    rl.OVRRLTrainer.__init__ = init
+    OVRRLTrainer.__init__ = init
     try:
         with tempfile.TemporaryDirectory() as out:
             transformers.logging.set_verbosity_error()
@@ -223,7 +225,7 @@ def timed_steps(recipe: Path, steps: int) -> dict[str, float]:
                 )
             )
     finally:
-        rl.OVRRLTrainer.__init__ = original_init
+        OVRRLTrainer.__init__ = original_init
     spent["total"] -= spent.pop("setup", 0.0)
     spent["policy"] = spent["total"] - sum(v for k, v in spent.items() if k != "total")
     return dict(spent)

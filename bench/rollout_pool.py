@@ -60,8 +60,8 @@ def rollout_rate(model_dir, servers, prompts, sampling, weights=False):
     """Completion tokens per second through a pool of ``servers`` (and the push timings)."""
     import socket
 
-    from ovr_train.rollout_pool import RolloutPool
-    from ovr_train.rollout_servers import RolloutServers, RolloutSpec
+    from ovr_train.rollouts.pool import RolloutPool
+    from ovr_train.rollouts.servers import RolloutServers, RolloutSpec
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -84,7 +84,7 @@ def rollout_rate(model_dir, servers, prompts, sampling, weights=False):
 def push_times(model_dir, pool, urls, port):
     from transformers import AutoModelForImageTextToText
 
-    from ovr_train.rollout_pool import RolloutPool
+    from ovr_train.rollouts.pool import RolloutPool
 
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype="auto")
     pool.init_communicator(device="cpu")

@@ -75,7 +75,8 @@ def run_mode(model_path, tokenizer, dataset, mode: dict, batch: int, max_length:
     from transformers import AutoModelForImageTextToText
     from trl import SFTConfig, SFTTrainer
 
-    from ovr_train.training_common import fix_packed_mrope_positions, freeze_vision
+    from ovr_train.models import freeze_vision
+    from ovr_train.upstream_fixes import fix_packed_mrope_positions
 
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_pretrained(
@@ -141,7 +142,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from ovr_train.data import build_dataset, write_jsonl
-    from ovr_train.sft import resolve_model
+    from ovr_train.recipe import resolve_model
 
     model_path = resolve_model("tiny-random")
     tokenizer = AutoTokenizer.from_pretrained(model_path)

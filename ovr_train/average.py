@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ovr_train.atomic_dir import atomic_dir
+from ovr_train.checkpoints import atomic_dir
 
 WEIGHT_SUFFIX = ".safetensors"
 SKIPPED = (

@@ -17,15 +17,15 @@ COMMANDS = {
     ),
     "data": ("ovr_train.data:cli", "validate training data: ovr-train data check FILE ..."),
     "rl": (
-        "ovr_train.rl:cli",
+        "ovr_train.rl.train:cli",
         "multimodal RL (GRPO on TRL, vLLM rollouts): ovr-train rl --config RECIPE",
     ),
     "rollout-servers": (
-        "ovr_train.rollout_servers:cli",
+        "ovr_train.rollouts.servers:cli",
         "vLLM servers for server-mode RL rollouts, one per GPU: ovr-train rollout-servers --model M",
     ),
     "plan": (
-        "ovr_train.plan:cli",
+        "ovr_train.plan.plan:cli",
         "memory per GPU and time per step of a recipe, before a GPU hour: ovr-train plan --config RECIPE",
     ),
     "average": (

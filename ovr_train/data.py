@@ -34,6 +34,7 @@ from ovr_core.format import (
 )
 from ovr_core.grading import wrap_gold
 from ovr_core.wire import reasoning_of
+from ovr_train.checkpoints import atomic_dir, atomic_file
 
 # Rule name -> what it means; the order is the order of the report.
 RULES = {
@@ -275,28 +276,17 @@ PREPARED_FORMAT = 1  # bump when the prepared layout changes
 
 
 def _prepare_into(path: Path, sources, tokenizer, max_length, limit, num_proc) -> None:
-    """Stream, normalise, measure and write the dataset and report to ``path`` (atomically)."""
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    report = Report()
-    with open(tmp / "examples.jsonl", "w", encoding="utf-8") as fh:
-        for source, number, example in _stream_examples(sources, limit, report):
-            fh.write(json.dumps({**example, "_source": source, "_row": number}) + "\n")
-    if report.rows > report.bad_rows:
-        _write_dataset(tmp, tokenizer, max_length, num_proc, report)
-    (tmp / "examples.jsonl").unlink()
-    (tmp / "report.json").write_text(report.to_json())  # last: its presence marks a whole cache
-    tmp.chmod(0o755)
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another node's main process (shared filesystem) finished first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (path / "report.json").exists():
-            raise
+    """Stream, normalise, measure and write the dataset and report to ``path`` (atomically; when
+    another node's main process on a shared filesystem finished first, its copy is kept)."""
+    with atomic_dir(path, first_wins=True) as tmp:
+        report = Report()
+        with open(tmp / "examples.jsonl", "w", encoding="utf-8") as fh:
+            for source, number, example in _stream_examples(sources, limit, report):
+                fh.write(json.dumps({**example, "_source": source, "_row": number}) + "\n")
+        if report.rows > report.bad_rows:
+            _write_dataset(tmp, tokenizer, max_length, num_proc, report)
+        (tmp / "examples.jsonl").unlink()
+        (tmp / "report.json").write_text(report.to_json())  # its presence marks a whole cache
 
 
 def _write_dataset(tmp: Path, tokenizer, max_length, num_proc, report: Report) -> None:
@@ -342,10 +332,9 @@ def _stream_examples(sources, limit, report: Report):
 
 
 def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> Path:
-    """Write rows as JSONL (a helper for recipes and tests that generate their data)."""
+    """Write rows as JSONL, whole or not at all (generated data files, tests)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path

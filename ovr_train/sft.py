@@ -7,7 +7,7 @@
         --config recipes/ovr-7b-coldstart.yaml                              # the published recipe
 
 Settings come from the YAML file, then from ``key=value`` (or ``--key value``) overrides; the names
-are those of `SFTScriptArguments` below, TRL's `SFTConfig` and `ModelConfig`. Each example is brought
+are those of `SFTScriptArguments` (``ovr_train.configs``), TRL's `SFTConfig` and `ModelConfig`. Each example is brought
 to the OVR chat format (`ovr_train.data`) and trained on its assistant turn only. Text-only data is
 tokenized with the tokenizer as TRL's processing class, which lets TRL pack it (BFD) or batch it
 padding-free; `fix_packed_mrope_positions` keeps Qwen2.5-VL's M-RoPE attention within each packed
@@ -18,73 +18,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
-from ovr_train.training_common import (
-    SafeCheckpoints,
-    TrainingCurves,
-    fix_packed_mrope_positions,
-    load_policy,
-    parse_recipe_args,
-    render_config,
-    resolve_config,
-    train_and_save,
-)
+from ovr_train.checkpoints import SafeCheckpoints, train_and_save
+from ovr_train.configs import SFTScriptArguments
+from ovr_train.curves import TrainingCurves
+from ovr_train.models import load_policy
+from ovr_train.recipe import parse_recipe_args, render_config, resolve_config, resolve_model
+from ovr_train.upstream_fixes import fix_packed_mrope_positions
 
 logger = logging.getLogger("ovr_train.sft")
-TINY_RANDOM = "tiny-random"  # model_name_or_path of the tiny recipe: the test model, untrained
-
-
-@dataclass
-class SFTScriptArguments:
-    """What the cold start adds to TRL's settings: the data, bad-row policy, freezing, resume."""
-
-    dataset: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "training files (.jsonl/.json/.parquet) or hub datasets (name[:split]); "
-            "'synthetic:N' generates N arithmetic/counting traces (ovr_core.synthetic)"
-        },
-    )
-    on_bad_rows: str = field(
-        default="error",
-        metadata={
-            "help": "rows that break a data rule: 'error' refuses the data, 'skip' trains without "
-            "them and reports how many; never silent",
-            "choices": ["error", "skip"],
-        },
-    )
-    max_rows: int | None = field(
-        default=None, metadata={"help": "use only the first N rows (smoke runs)"}
-    )
-    freeze_vision: bool = field(
-        default=True,
-        metadata={"help": "freeze the vision tower and projector (the cold start is text-only)"},
-    )
-    resume: bool = field(
-        default=False,
-        metadata={
-            "help": "continue from the newest complete checkpoint in output_dir (same data order)"
-        },
-    )
-    synthetic_seed: int = field(default=0, metadata={"help": "seed of the 'synthetic:N' data"})
-    traces_per_update: int | None = field(
-        default=None,
-        metadata={
-            "help": "batch size as the paper counts it: traces per optimizer update, whatever the "
-            "number of GPUs; sets gradient_accumulation_steps from the packed rows' mean trace count"
-        },
-    )
-    data_cache_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "where the prepared (normalised, length-checked) data is cached, read by every "
-            "rank; default OUTPUT_DIR/data/prepared"
-        },
-    )
 
 
 def main(
@@ -189,15 +134,6 @@ class ColdStartTrainer(SafeCheckpoints, SFTTrainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
-def resolve_model(name: str) -> str:
-    """A model path; ``tiny-random`` is the offline test model with random weights (built on first use)."""
-    if name == TINY_RANDOM:
-        from ovr_train.tiny_model import TinyModelSpec, cached_tiny_model
-
-        return str(cached_tiny_model(spec=TinyModelSpec(format_steps=0)))
-    return name
-
-
 def _mean_sequence_length(inputs) -> float:
     """Mean real length of the sequences in a batch, padded or padding-free/packed."""
     if "attention_mask" in inputs:
@@ -229,7 +165,7 @@ def _materialise_sources(script_args: SFTScriptArguments, output_dir: str) -> li
                     {k: ex[k] for k in ("question", "reasoning", "answer")}
                     for ex in reasoning_examples(n, seed=script_args.synthetic_seed)
                 ]
-                write_jsonl(rows, path.with_suffix(".tmp")).replace(path)
+                write_jsonl(rows, path)
             source = str(path)
         sources.append(source)
     if not sources:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ovr_core.format import CHAT_TEMPLATE, THINK_CLOSE, THINK_OPEN
-from ovr_train.atomic_dir import atomic_dir
+from ovr_train.checkpoints import atomic_dir
 
 TEMPLATE_PATH = CHAT_TEMPLATE
 SEED_ENV = "OVR_TEST_SEED"

@@ -2,7 +2,7 @@
 # The plan against a measurement (issue #14), for a GPU host; never run in CI. One run, under 8 minutes:
 # SFT and RL policy steps on Qwen2.5-VL-7B's real width (random weights, full hidden size and vocabulary,
 # a few layers) at the recipes' per-GPU tokens, peak memory and tokens/s written beside `ovr-train plan`'s
-# prediction for the same shape to artifacts/gpu-check.json (ovr_train/gpu_check.py says what is run).
+# prediction for the same shape to artifacts/gpu-check.json (ovr_train/plan/gpu_check.py says what is run).
 #
 #   bash scripts/gpu-check.sh --fetch-wheels     # where pip reaches an index: wheels into .whl/ (~25 MB)
 #   bash scripts/gpu-check.sh [--layers 4 --sft-tokens 65536 --rl-tokens 26624 --steps 3]   # on the GPU host
@@ -51,4 +51,4 @@ if ! "$PYTHON" -c "import transformers, trl.kernels" 2>/dev/null; then
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec timeout 480 "$PYTHON" -m ovr_train.gpu_check "$@"
+exec timeout 480 "$PYTHON" -m ovr_train.plan.gpu_check "$@"

@@ -462,9 +462,9 @@ def test_multinode_training_commands_use_names_trl_knows():
     """The example's flags and recipe overrides are real TRL/accelerate names (pins that rot fail)."""
     from trl import GRPOConfig, ModelConfig
 
-    from ovr_train import rollout_servers
-    from ovr_train.rl import RLScriptArguments
-    from ovr_train.rollout_pool import split_urls
+    from ovr_train.configs import RLScriptArguments
+    from ovr_train.rollouts import servers as rollout_servers
+    from ovr_train.rollouts.pool import split_urls
 
     def dry_run(**env) -> list[str]:
         out = subprocess.run(

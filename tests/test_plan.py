@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ovr_train.plan import (
+from ovr_train.plan.plan import (
     QWEN2_5_VL_7B,
     Hardware,
     cli,
@@ -158,7 +158,7 @@ def test_tiny_recipes_have_nothing_to_plan(capsys):
 def test_plan_is_an_ovr_train_command():
     from ovr_train.cli import COMMANDS
 
-    assert COMMANDS["plan"][0] == "ovr_train.plan:cli"
+    assert COMMANDS["plan"][0] == "ovr_train.plan.plan:cli"
 
 
 def test_gpu_check_script_parses_and_its_python_runs_in_smoke_mode(tmp_path):
@@ -191,13 +191,14 @@ def test_training_checks_the_same_settings_the_cli_plans(stage, recipe, monkeypa
     pytest.importorskip("deepspeed")
     import transformers.training_args
 
-    from ovr_train.plan import check_before_training, normalise, settings_of
+    from ovr_train.plan.plan import check_before_training, normalise, settings_of
 
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
     if stage == "sft":
         from ovr_train.sft import parse_args
     else:
-        from ovr_train.rl import apply_schedule, parse_args
+        from ovr_train.recipe import apply_schedule
+        from ovr_train.rl.train import parse_args
     for overrides in ([], ["per_device_train_batch_size=16"]):
         parsed = parse_args(["--config", recipe, *overrides])
         if stage == "rl":
@@ -217,8 +218,8 @@ def test_layer_activation_formula_matches_what_autograd_saves():
 
     import torch
 
-    from ovr_train.gpu_check import SMOKE_SHAPE, build_model
-    from ovr_train.plan import activation_bytes
+    from ovr_train.plan.plan import activation_bytes
+    from ovr_train.plan.gpu_check import SMOKE_SHAPE, build_model
 
     tokens = 512
     shape = dataclasses.replace(

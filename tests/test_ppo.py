@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ovr_train.ppo import (
+from ovr_train.rl.critic import (
     explained_variance,
     gae,
     masked_whiten,
@@ -30,6 +30,7 @@ from tests.helpers.rl_runs import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "recipes" / "tiny-rl.yaml")
 TINY_PPO = str(ROOT / "recipes" / "tiny-rl-ppo.yaml")
 BIG_PPO = str(ROOT / "recipes" / "ovr-7b-rl-ppo.yaml")
 ARTIFACTS = ROOT / "artifacts" / "tiny-rl-ppo"
@@ -174,7 +175,7 @@ def test_the_value_head_learns_the_tiny_tasks_expected_reward(tiny_model_path):
     value loss falls and explained variance rises from about 0 to most of the variance."""
     from transformers import AutoProcessor
 
-    from ovr_train.ppo import ValueModel, completion_values
+    from ovr_train.rl.critic import ValueModel, completion_values
 
     torch.manual_seed(SEED)
     processor = AutoProcessor.from_pretrained(tiny_model_path, padding_side="left")
@@ -322,27 +323,29 @@ def test_ppo_checkpoint_is_served_and_counts_unseen_images(tiny_ppo_run, tmp_pat
 # ---- recipes and wiring ----------------------------------------------------------------------
 
 
-def test_algorithm_selects_the_trainer():
-    from ovr_train.ppo import PPOArguments, select_trainer
-    from ovr_train.rl import OVRRLTrainer
+def test_algorithm_selects_the_trainer_and_only_ppo_carries_critic_settings():
+    from ovr_train.rl.train import parse_args
+    from ovr_train.rl.trainer import OVRRLTrainer, PPOTrainer, trainer_class
 
-    assert select_trainer(OVRRLTrainer, PPOArguments()) == (OVRRLTrainer, {})
-    args = PPOArguments(algorithm="ppo")
-    cls, kwargs = select_trainer(OVRRLTrainer, args)
-    assert issubclass(cls, OVRRLTrainer) and kwargs == {"ppo_args": args}
-    names = [c.__name__ for c in cls.__mro__]
-    # the critic wraps everything; the reward column is kept inside dynamic sampling's rounds
-    assert names.index("CriticTraining") < names.index("DynamicSampling")
-    assert (
-        names.index("DynamicSampling") < names.index("ScoredRollouts") < names.index("GRPOTrainer")
-    )
+    assert trainer_class("grpo") is OVRRLTrainer
+    assert trainer_class("ppo") is PPOTrainer and issubclass(PPOTrainer, OVRRLTrainer)
+    # one override of TRL's rollout step; PPO changes only the advantage step and checkpoints
+    overridden = {k for k in vars(PPOTrainer) if not k.startswith("__")}
+    assert "_generate_and_score_completions" not in overridden
+    assert "compute_advantages" in overridden
+    with pytest.raises(SystemExit, match="algorithm='dpo'"):
+        trainer_class("dpo")
+    grpo = parse_args(["--config", TINY, "max_steps=3"])
+    assert grpo[3] is None and not hasattr(grpo[0], "critic_learning_rate")
+    with pytest.raises(SystemExit, match="critic_learning_rate is a PPO setting.*algorithm: ppo"):
+        parse_args(["--config", TINY, "critic_learning_rate=1e-3"])
 
 
 def test_tiny_ppo_recipe_parses():
-    from ovr_train.rl import parse_args
+    from ovr_train.rl.train import parse_args
 
-    script_args, args, _ = parse_args(["--config", TINY_PPO, "max_steps=3"])
-    assert script_args.algorithm == "ppo" and (script_args.gamma, script_args.lam) == (1.0, 1.0)
+    script_args, args, _, critic = parse_args(["--config", TINY_PPO, "max_steps=3"])
+    assert script_args.algorithm == "ppo" and (critic.gamma, critic.lam) == (1.0, 1.0)
     assert args.beta == 0.0 and args.use_vllm and args.max_steps == 3
 
 
@@ -351,13 +354,13 @@ def test_7b_ppo_recipe_has_the_papers_values(monkeypatch):
     pytest.importorskip("deepspeed")
     import transformers.training_args
 
-    from ovr_train.rl import parse_args
+    from ovr_train.rl.train import parse_args
 
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
-    script_args, args, _ = parse_args(["--config", BIG_PPO])
+    script_args, args, _, critic = parse_args(["--config", BIG_PPO])
     assert script_args.algorithm == "ppo"
-    assert (script_args.gamma, script_args.lam) == (1.0, 1.0)
-    assert (args.learning_rate, script_args.critic_learning_rate) == (1e-6, 5e-6)
+    assert (critic.gamma, critic.lam) == (1.0, 1.0)
+    assert (args.learning_rate, critic.critic_learning_rate) == (1e-6, 5e-6)
     assert args.beta == 0.0 and args.num_generations == 16
     assert script_args.rollouts_per_update == 8192  # 512 prompts x 16
     assert script_args.rewards[0] == "accuracy" and args.reward_weights[0] == 1.0

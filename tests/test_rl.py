@@ -16,23 +16,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from ovr_train.rl import (
-    RLScriptArguments,
-    _as_trl_reward,
-    apply_schedule,
-    build_rl_dataset,
-    length_at,
-    parse_args,
-    parse_length_curriculum,
-    reflection_counts,
-)
-from ovr_train.rl_sampling import (
+from ovr_train.configs import RLScriptArguments
+from ovr_train.recipe import apply_schedule, length_at, parse_length_curriculum
+from ovr_train.rl.data import build_rl_dataset
+from ovr_train.rl.dynamic_sampling import (
     concat_rollouts,
     group_advantages,
     informative_groups,
     refill_seed,
     select_rows,
 )
+from ovr_train.rl.rewards import as_trl_reward
+from ovr_train.rl.train import parse_args
+from ovr_train.rl.trainer import reflection_counts
 from tests.helpers.rl_runs import (
     history,
     killed_and_resumed,
@@ -194,7 +190,7 @@ def test_reflection_words_are_counted_per_response(text, expected):
 
 
 def test_truncated_completions_get_the_truncated_reward():
-    reward = _as_trl_reward("one", lambda completions, **_: [1.0] * len(completions), 0.0, {99})
+    reward = as_trl_reward("one", lambda completions, **_: [1.0] * len(completions), 0.0, {99})
     out = reward([[{"content": "a"}], [{"content": "b"}]], completion_ids=[[5, 99], [5, 6]])
     assert out == [1.0, 0.0]
     assert reward.__name__ == "one"
@@ -222,7 +218,7 @@ def test_bad_rl_rows_are_counted_and_refused_or_skipped(tmp_path):
 
 
 def test_tiny_recipe_parses_to_trl_settings():
-    script_args, args, model_args = parse_args(["--config", TINY, "max_steps=3"])
+    script_args, args, model_args, _ = parse_args(["--config", TINY, "max_steps=3"])
     assert isinstance(script_args, RLScriptArguments)
     assert args.use_vllm and args.vllm_mode == "colocate" and args.beta == 0.0
     assert script_args.rewards == ["accuracy", "format"] and args.reward_weights == [1.0, 0.0]
@@ -235,7 +231,7 @@ def test_7b_recipe_resolves_to_the_published_rl_settings(monkeypatch):
     import transformers.training_args
 
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
-    script_args, args, model_args = parse_args(["--config", BIG])
+    script_args, args, model_args, _ = parse_args(["--config", BIG])
     stages = apply_schedule(script_args, args)
     assert stages == [(300, 24576), (700, 32768), (900, 49152)]  # [paper] 24k -> 32k -> 48k
     assert args.max_completion_length == 49152 and args.vllm_max_model_length >= 49152
@@ -259,7 +255,7 @@ def test_7b_recipe_resolves_to_the_published_rl_settings(monkeypatch):
 def test_rl_is_an_ovr_train_command():
     from ovr_train.cli import COMMANDS
 
-    assert COMMANDS["rl"][0] == "ovr_train.rl:cli"
+    assert COMMANDS["rl"][0] == "ovr_train.rl.train:cli"
     assert COMMANDS["average"][0] == "ovr_train.average:cli"
 
 
@@ -288,7 +284,7 @@ def test_average_is_the_uniform_mean_and_loads(tiny_model_path, tmp_path):
 def test_a_multiple_choice_row_reaches_the_reward_with_its_choices(tmp_path):
     """Grading columns (choices, precision, …) stay dataset columns, which TRL hands to every
     reward as keyword lists (GRPOTrainer._calculate_rewards: every key but prompt/completion)."""
-    from ovr_train.rewards import REWARDS
+    from ovr_train.rl.rewards import REWARDS
 
     row = {
         "question": "Which shape is drawn?",
@@ -301,7 +297,7 @@ def test_a_multiple_choice_row_reaches_the_reward_with_its_choices(tmp_path):
     dataset = build_rl_dataset([str(path)], "error", None)
     assert dataset[0]["choices"] == ["circle", "square", "triangle"]
     assert dataset[0]["precision"] == 2 and dataset[1]["choices"] is None
-    reward = _as_trl_reward("accuracy", REWARDS["accuracy"], None, set())
+    reward = as_trl_reward("accuracy", REWARDS["accuracy"], None, set())
     inputs = [dataset[0], dataset[0]]
     columns = {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion")}
     completions = [
@@ -340,13 +336,13 @@ def test_each_step_trains_at_its_stage_length(step, length):
 
 
 def test_rollouts_per_update_sets_accumulation_or_refuses():
-    script_args, args, _ = parse_args(
+    script_args, args, _, _ = parse_args(
         ["--config", TINY, "rollouts_per_update=128", "per_device_train_batch_size=32"]
     )
     apply_schedule(script_args, args)
     assert args.gradient_accumulation_steps == 4 and args.max_steps == 40
     assert args.max_completion_length == 48  # the tiny curriculum's longest stage
-    script_args, args, _ = parse_args(
+    script_args, args, _, _ = parse_args(
         ["--config", TINY, "rollouts_per_update=100", "per_device_train_batch_size=32"]
     )
     with pytest.raises(SystemExit, match="not a multiple"):

@@ -1,6 +1,6 @@
 """The colocated vLLM that generates RL rollouts: after a weight sync it generates exactly what the
 trained weights give, and it generates from exactly the prompt tokens the trainer scores (image
-tokens included). Plus canaries for the two upstream bugs `ovr_train.vllm_colocate` works around.
+tokens included). Plus canaries for the two upstream bugs `ovr_train.upstream_fixes` works around.
 
 One trainer (one vLLM engine) for the module, on the tiny cold-started model, CPU.
 """
@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from ovr_train.vllm_colocate import PromptMismatch, check_same_prompts, collapse_image_runs
+from ovr_train.upstream_fixes import PromptMismatch, check_same_prompts, collapse_image_runs
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +27,10 @@ def trainer(tiny_model_path, tmp_path_factory):
     from transformers import AutoProcessor
     from trl import GRPOConfig
 
-    from ovr_train.rl import (
-        OVRRLTrainer,
-        RLScriptArguments,
-        build_rl_dataset,
-        materialise_sources,
-        reward_functions,
-    )
+    from ovr_train.configs import RLScriptArguments
+    from ovr_train.rl.data import build_rl_dataset, materialise_sources
+    from ovr_train.rl.rewards import reward_functions
+    from ovr_train.rl.trainer import OVRRLTrainer
 
     out = tmp_path_factory.mktemp("rl-vllm")
     sources = materialise_sources(RLScriptArguments(dataset=["synthetic-shapes:16"]), str(out))
@@ -220,7 +217,7 @@ def test_a_multiple_choice_row_is_graded_with_its_choices_through_trl(trainer, t
     (GRPOTrainer._calculate_rewards passes every dataset column): the option letter is right."""
     import json
 
-    from ovr_train.rl import build_rl_dataset
+    from ovr_train.rl.data import build_rl_dataset
 
     row = {"question": "Which shape?", "choices": ["circle", "square"], "answer": "square"}
     path = tmp_path / "mc.jsonl"

@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ovr_core.ports import port_is_free
-from ovr_train.rollout_auth import KEY_ENV, bearer
-from ovr_train.rollout_pool import (
+from ovr_train.rollouts.auth import KEY_ENV, bearer
+from ovr_train.rollouts.pool import (
     RolloutPool,
     RolloutServerError,
     join_outputs,
@@ -27,7 +27,7 @@ from ovr_train.rollout_pool import (
     shard_bounds,
     split_urls,
 )
-from ovr_train.rollout_servers import RolloutServers, RolloutSpec, check_spec, server_command
+from ovr_train.rollouts.servers import RolloutServers, RolloutSpec, check_spec, server_command
 from tests.conftest import finished_requests, free_port
 from tests.helpers.rl_runs import record_figures, seed_overrides
 
@@ -147,7 +147,7 @@ def test_each_rollout_server_runs_what_trl_server_mode_needs():
     assert gpu[gpu.index("--port") + 1] == "8003"
     assert '{"backend": "nccl"}' in gpu and "--enable-scale-out" in gpu
     assert gpu[gpu.index("--logprobs-mode") + 1] == "processed_logprobs"
-    assert "ovr_train.rollout_auth.RolloutKeyGuard" in gpu
+    assert "ovr_train.rollouts.auth.RolloutKeyGuard" in gpu
     cpu = server_command(RolloutSpec(model="m", device="cpu"), 0, False)
     assert '{"backend": "ovr_gloo"}' in cpu and "--middleware" not in cpu
 
@@ -189,7 +189,7 @@ def _scrambled_copy(model_dir, out):
 
 @pytest.fixture(scope="module")
 def policy_dir():
-    from ovr_train.rl import resolve_model
+    from ovr_train.recipe import resolve_model
 
     return resolve_model("tiny-coldstarted")
 
@@ -309,7 +309,7 @@ def test_server_mode_rl_trains_with_rollouts_from_every_server(servers, recipe, 
     in its client's place, image prompts through the servers' render and generate routes."""
     from transformers import TrainerCallback
 
-    from ovr_train.rl import main, parse_args
+    from ovr_train.rl.train import main, parse_args
 
     rows = []
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from ovr_train.checkpoints import last_complete_checkpoint
+from ovr_train.curves import CURVES_PNG
+from ovr_train.recipe import RESOLVED_CONFIG
 from ovr_train.sft import main, parse_args
-from ovr_train.training_common import CURVES_PNG, RESOLVED_CONFIG, last_complete_checkpoint
 from tests.helpers.rl_runs import SEED, record_figures, seed_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +56,7 @@ def tiny_run(tmp_path_factory):
 def test_tiny_recipe_trains_loss_falls_and_weights_move(tiny_run):
     from safetensors.torch import load_file
 
-    from ovr_train.sft import resolve_model
+    from ovr_train.recipe import resolve_model
 
     losses = list(_losses(tiny_run).values())
     assert len(losses) >= 10
@@ -326,7 +328,7 @@ def test_upstream_resume_still_misreads_saved_keys(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
-    from ovr_train.sft import resolve_model
+    from ovr_train.recipe import resolve_model
 
     model = AutoModelForImageTextToText.from_pretrained(resolve_model("tiny-random"))
     model.save_pretrained(tmp_path)

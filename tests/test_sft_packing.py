@@ -11,7 +11,7 @@ import torch
 
 from ovr_core.synthetic import reasoning_examples
 from ovr_train.data import build_dataset, write_jsonl
-from ovr_train.training_common import fix_packed_mrope_positions
+from ovr_train.upstream_fixes import fix_packed_mrope_positions
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_upstream_still_needs_the_position_fix(random_model_path, dataset, tmp_p
     """Without the fix, 2-D packed positions let sequences attend to each other (transformers 5.19).
 
     When this test fails, upstream handles packed Qwen2.5-VL batches itself: remove
-    `fix_packed_mrope_positions` (ovr_train/training_common.py) and this test.
+    `fix_packed_mrope_positions` (ovr_train/upstream_fixes.py) and this test.
     """
     from transformers import AutoTokenizer
 

@@ -22,8 +22,8 @@ def main(argv: list[str]) -> None:
         _write_critic_after_restore(ours.write_restored_critic)
     from transformers import TrainerCallback
 
-    from ovr_train.rl import main as rl_main
-    from ovr_train.rl import parse_args
+    from ovr_train.rl.train import main as rl_main
+    from ovr_train.rl.train import parse_args
 
     class Kill(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -36,17 +36,17 @@ def main(argv: list[str]) -> None:
 def _write_critic_after_restore(path: str) -> None:
     from safetensors.torch import save_file
 
-    from ovr_train import ppo
+    from ovr_train.rl.trainer import PPOTrainer
 
-    restore = ppo.CriticTraining._load_optimizer_and_scheduler
+    restore = PPOTrainer._load_optimizer_and_scheduler
 
     def restore_and_write(self, checkpoint):
         restore(self, checkpoint)
         if checkpoint is not None:
-            state = self.accelerator.unwrap_model(self.critic).state_dict()
+            state = self.critic.state_dict()
             save_file({k: v.contiguous() for k, v in state.items()}, path)
 
-    ppo.CriticTraining._load_optimizer_and_scheduler = restore_and_write
+    PPOTrainer._load_optimizer_and_scheduler = restore_and_write
 
 
 if __name__ == "__main__":

@@ -2,13 +2,13 @@
 
 A group of rollouts of one prompt whose rewards are all equal has zero advantage: it costs a
 forward/backward pass and teaches nothing, and as a policy improves most groups end up that way
-(all right or all wrong). `DynamicSampling` is a trainer mixin over TRL's
-``_generate_and_score_completions``: it keeps the informative groups of a rollout batch, draws new
+(all right or all wrong). `DynamicSampler` is a step of the RL trainer's rollout
+(``ovr_train.rl.trainer``): it keeps the informative groups of a rollout batch, draws new
 prompts and rolls them out until the batch is full again (or ``max_refills`` is spent), and logs
 ``dynamic_sampling/filtered_fraction`` (groups dropped / groups seen), ``.../refills`` and
 ``.../short_fraction`` (groups topped up with uninformative ones when refills ran out: they keep the
 batch shape and contribute no gradient). It works on TRL's output dict, so it is indifferent to
-the loss (GRPO/DAPO/Dr. GRPO) and would work unchanged under a critic-based PPO's batch.
+the loss (GRPO/DAPO/Dr. GRPO) and works unchanged under PPO's critic.
 """
 
 from __future__ import annotations
@@ -32,100 +32,73 @@ def informative_groups(
     return advantages.detach().reshape(-1, group_size).abs().amax(dim=1) > tol
 
 
-class DynamicSampling:
-    """Trainer mixin (before ``GRPOTrainer``): filter uninformative groups and refill the batch."""
+class DynamicSampler:
+    """Filter uninformative groups out of a rollout batch and refill it with new prompts' rounds.
 
-    _refill_order: list[int] | None = None
-    _refill_pos: int = 0
-    _round_rewards: torch.Tensor | None = None
+    The trainer owns one (``dynamic_sampling: true``) and calls `refill` after its first rollout
+    round; more rounds come from ``trainer.rollout_round``, so every round is scored as the first.
+    """
 
-    def __init__(
-        self,
-        *args,
-        dynamic_sampling: bool = False,
-        max_refills: int = 4,
-        refill_seed: int = 0,
-        **kwargs,
-    ):
-        self.dynamic_sampling = dynamic_sampling
+    def __init__(self, max_refills: int = 4, seed: int = 0):
         self.max_refills = max_refills
-        self.refill_seed = refill_seed
-        super().__init__(*args, **kwargs)
+        self.seed = seed
+        self._order: list[int] | None = None
+        self._pos = 0
 
-    def _generate_and_score_completions(self, inputs):
-        first = self._scored_round(inputs)
-        if not (self.dynamic_sampling and self.model.training):
-            first.pop("rewards")
-            return first
-        group = self.num_generations
-        wanted = len(inputs) // group
+    def refill(self, trainer, first: dict, wanted_rows: int) -> dict:
+        """``first`` (a round with a ``rewards`` column) with its all-equal groups swapped for
+        informative ones from up to ``max_refills`` more rounds; the batch keeps its size."""
+        group = trainer.num_generations
+        wanted = wanted_rows // group
         batches, kept = [first], [informative_groups(first["advantages"], group)]
         refills = 0
-        while refills < self.max_refills and self._globally_short(
-            sum(int(k.sum()) for k in kept), wanted
+        while refills < self.max_refills and _globally_short(
+            trainer.accelerator, sum(int(k.sum()) for k in kept), wanted
         ):
-            batches.append(self._scored_round(self._refill_inputs(wanted, group)))
+            batches.append(trainer.rollout_round(self._refill_inputs(trainer, wanted, group)))
             kept.append(informative_groups(batches[-1]["advantages"], group))
             refills += 1
-        merged = concat_rollouts(batches, self._tokenizer.pad_token_id)
+        merged = concat_rollouts(batches, trainer._tokenizer.pad_token_id)
         flags = torch.cat(kept)
         chosen = [g for g in range(len(flags)) if flags[g]][:wanted]
         short = wanted - len(chosen)
         chosen += [g for g in range(len(flags)) if not flags[g]][:short]
         rows = torch.tensor([g * group + i for g in sorted(chosen) for i in range(group)])
         out = select_rows(merged, rows)
-        if len(batches) > 1 and self.multi_objective_aggregation == "sum_then_normalize":
+        if len(batches) > 1 and trainer.multi_objective_aggregation == "sum_then_normalize":
             # each round was scaled by its own batch's statistics: scale the kept rows as one batch
             out["advantages"] = group_advantages(
-                out["rewards"], group, self.scale_rewards, self.accelerator.gather
+                out["rewards"], group, trainer.scale_rewards, trainer.accelerator.gather
             ).to(out["advantages"].device, out["advantages"].dtype)
-        out.pop("rewards")
         completion_mask = out["completion_mask"]
         if "tool_mask" in out:
             completion_mask = completion_mask * out["tool_mask"]
-        out["num_items_in_batch"] = self.accelerator.gather(completion_mask.sum()).sum()
-        metrics = self._metrics["train"]
+        out["num_items_in_batch"] = trainer.accelerator.gather(completion_mask.sum()).sum()
+        metrics = trainer._metrics["train"]
         metrics["dynamic_sampling/filtered_fraction"].append(1.0 - float(flags.float().mean()))
         metrics["dynamic_sampling/refills"].append(float(refills))
         metrics["dynamic_sampling/short_fraction"].append(short / max(wanted, 1))
         return out
 
-    def _scored_round(self, inputs) -> dict:
-        """One TRL rollout round, with this process's rows' total rewards as ``rewards``."""
-        out = super()._generate_and_score_completions(inputs)
-        every = self._round_rewards  # all processes' rows, kept by _calculate_rewards below
-        rows = out["advantages"].size(0)
-        start = self.accelerator.process_index * rows
-        weights = self.reward_weights.to(every.device)
-        total = (every * weights.unsqueeze(0)).nansum(dim=1)
-        total[torch.isnan(every).all(dim=1)] = torch.nan  # unscorable: as TRL marks them
-        out["rewards"] = total[start : start + rows]
-        return out
-
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        every = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._round_rewards = every
-        return every
-
-    def _globally_short(self, kept: int, wanted: int) -> bool:
-        # every process must make the same number of refill rounds (TRL gathers inside them)
-        fewest = self.accelerator.gather(torch.tensor([kept], device=self.accelerator.device)).min()
-        return int(fewest) < wanted
-
-    def _refill_inputs(self, groups: int, group_size: int) -> list[dict]:
+    def _refill_inputs(self, trainer, groups: int, group_size: int) -> list[dict]:
         """``groups`` more prompts from the training set (seeded, cycling), each ``group_size`` times."""
-        dataset = self.train_dataset
-        if self._refill_order is None or self._refill_pos + groups > len(self._refill_order):
-            gen = torch.Generator().manual_seed(
-                refill_seed(
-                    self.refill_seed, self.state.global_step, self.accelerator.process_index
-                )
+        dataset = trainer.train_dataset
+        if self._order is None or self._pos + groups > len(self._order):
+            seed = refill_seed(
+                self.seed, trainer.state.global_step, trainer.accelerator.process_index
             )
-            self._refill_order = torch.randperm(len(dataset), generator=gen).tolist()
-            self._refill_pos = 0
-        picks = self._refill_order[self._refill_pos : self._refill_pos + groups]
-        self._refill_pos += groups
+            gen = torch.Generator().manual_seed(seed)
+            self._order = torch.randperm(len(dataset), generator=gen).tolist()
+            self._pos = 0
+        picks = self._order[self._pos : self._pos + groups]
+        self._pos += groups
         return [dataset[i] for i in picks for _ in range(group_size)]
+
+
+def _globally_short(accelerator, kept: int, wanted: int) -> bool:
+    # every process must make the same number of refill rounds (TRL gathers inside them)
+    fewest = accelerator.gather(torch.tensor([kept], device=accelerator.device)).min()
+    return int(fewest) < wanted
 
 
 def refill_seed(seed: int, step: int, process_index: int) -> int:

@@ -3,7 +3,7 @@
     ovr-train rollout-servers --model runs/ovr-7b-coldstart --gpus 8 --host 10.0.0.9
     # prints: vllm_server_base_url=http://10.0.0.9:8000,http://10.0.0.9:8001,...
 
-The trainers' rollout pool (`ovr_train.rollout_pool`) splits each update's prompts over all the
+The trainers' rollout pool (`ovr_train.rollouts.pool`) splits each update's prompts over all the
 servers it is given, from any number of nodes, and pushes the new weights to all of them in one
 broadcast. Why one server per GPU rather than ``vllm serve --data-parallel-size 8``: vLLM refuses
 data parallelism for dense models (vLLM PR #30739, as TRL's ``vllm-serve`` help says), and a 7B
@@ -12,10 +12,10 @@ model fits one GPU, so eight independent servers are eight times the rollout thr
 Each server is ``vllm serve`` with what TRL's server mode needs (the flags ``trl vllm-serve``, now
 deprecated, added): development mode for the weight-transfer routes, ``--enable-scale-out`` for
 image prompts, ``processed_logprobs`` for the importance-sampling correction. The weight-transfer
-backend is NCCL on GPUs and ``ovr_gloo`` (`ovr_train.vllm_gloo`) on CPU-only machines.
+backend is NCCL on GPUs and ``ovr_gloo`` (`ovr_train.rollouts.gloo`) on CPU-only machines.
 
 Development mode opens routes that replace the model, unguarded by vLLM's ``--api-key``: every
-route but ``/health`` then needs ``$OVR_ROLLOUT_KEY`` (`ovr_train.rollout_auth`), and a server that
+route but ``/health`` then needs ``$OVR_ROLLOUT_KEY`` (`ovr_train.rollouts.auth`), and a server that
 listens beyond loopback without a key is refused.
 """
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ovr_core.ports import is_loopback, port_in_use
-from ovr_train.rollout_auth import KEY_ENV
+from ovr_train.rollouts.auth import KEY_ENV
 
 
 @dataclass
@@ -88,7 +88,7 @@ def server_command(spec: RolloutSpec, index: int, guarded: bool) -> list[str]:
     if spec.max_model_len:
         cmd += ["--max-model-len", str(spec.max_model_len)]
     if guarded:
-        cmd += ["--middleware", "ovr_train.rollout_auth.RolloutKeyGuard"]
+        cmd += ["--middleware", "ovr_train.rollouts.auth.RolloutKeyGuard"]
     return cmd
 
 

@@ -22,12 +22,14 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ovr_train.model_shapes import (  # noqa: F401 - QWEN2_5_VL_7B/ModelShape are part of the API
+from ovr_core.model_shapes import (  # noqa: F401 - QWEN2_5_VL_7B/ModelShape are part of the API
     QWEN2_5_VL_7B,
     TINY_MODELS,
     ModelShape,
     model_shape,
 )
+from ovr_train.configs import CriticArguments, RLScriptArguments, SFTScriptArguments
+from ovr_train.recipe import parse_length_curriculum
 
 GiB = 1024**3
 HEADROOM = 0.92  # share of the card a plan may fill: CUDA context, NCCL buffers, fragmentation
@@ -186,7 +188,7 @@ def model_state_bytes(shape: ModelShape, settings: dict, hw: Hardware, zero: int
 
 def critic_bytes(shape: ModelShape, settings: dict, hw: Hardware, zero: int, seq: int) -> dict:
     """PPO's critic (``algorithm: ppo``): the policy's backbone, vision tower included, with a scalar
-    head and no LM head (``ovr_train.ppo.ValueModel``), all of it trained by its own AdamW under the
+    head and no LM head (``ovr_train.rl.critic.ValueModel``), all of it trained by its own AdamW under the
     policy's ZeRO stage, so its states sit beside the policy's for the whole run. Its activations
     (same layer formula, its own micro-batch, a scalar head instead of logits) come while the
     policy's are freed, so only the larger of the two counts toward the peak."""
@@ -427,15 +429,11 @@ def recipe_settings(stage: str, config: str, overrides: list[str]) -> dict:
     if stage == "sft":
         from trl import ModelConfig, SFTConfig
 
-        from ovr_train.sft import SFTScriptArguments as Script
-
-        types = (Script, SFTConfig, ModelConfig)
+        types = (SFTScriptArguments, SFTConfig, ModelConfig)
     else:
         from trl import GRPOConfig, ModelConfig
 
-        from ovr_train.rl import RLScriptArguments as Script
-
-        types = (Script, GRPOConfig, ModelConfig)
+        types = (RLScriptArguments, CriticArguments, GRPOConfig, ModelConfig)
     settings = {}
     for cls in types:
         for f in dataclasses.fields(cls):
@@ -455,30 +453,34 @@ def recipe_settings(stage: str, config: str, overrides: list[str]) -> dict:
 def normalise(stage: str, settings: dict) -> dict:
     """Settings as the run will see them: curriculum and batch counting applied."""
     if stage == "rl" and settings.get("length_curriculum"):
-        lengths = [int(str(s).split(":")[1]) for s in settings["length_curriculum"]]
-        settings["max_completion_length"] = max(lengths)
+        stages = parse_length_curriculum(settings["length_curriculum"])
+        settings["max_completion_length"] = max(length for _, length in stages)
     return settings
 
 
 def settings_of(*configs) -> dict:
     """Settings from parsed dataclasses (script args, TRL config, ModelConfig)."""
     out = {}
-    for cfg in configs:
+    for cfg in filter(None, configs):
         out.update({k: getattr(cfg, k) for k in vars(cfg) if not k.startswith("_")})
     return out
 
 
-def check_before_training(stage: str, script_args, training_args, model_args) -> None:
+def check_before_training(stage: str, *configs) -> None:
     """Refuse, before loading anything, a run the plan says will not fit on this machine's GPUs.
+    ``configs``: what the stage's ``parse_args`` returned (None entries are skipped).
 
     Skipped on CPU and for the tiny test models (nothing to plan there).
     """
     import torch
 
+    configs = tuple(c for c in configs if c is not None)
+    training_args = next(c for c in configs if hasattr(c, "world_size"))
+    model_args = next(c for c in configs if hasattr(c, "model_name_or_path"))
     name = model_args.model_name_or_path
     if not torch.cuda.is_available() or name in TINY_MODELS:
         return
-    settings = normalise(stage, settings_of(script_args, training_args, model_args))
+    settings = normalise(stage, settings_of(*configs))
     local = torch.cuda.device_count()
     hardware = Hardware(
         gpus_per_node=local,
@@ -538,7 +540,7 @@ def cli(argv: list[str]) -> int:
 def rollout_gpus_of(settings: dict) -> int:
     """One GPU per rollout server listed (`ovr-train rollout-servers` starts one per GPU); a single
     URL is the recipe's placeholder for one 8-GPU rollout node."""
-    from ovr_train.rollout_pool import split_urls
+    from ovr_train.rollouts.pool import split_urls
 
     servers = len(split_urls(settings.get("vllm_server_base_url") or "http://localhost:8000"))
     return servers if servers > 1 else 8

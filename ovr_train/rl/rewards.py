@@ -76,3 +76,30 @@ accuracy.last_statuses = {}
 def format_reward(completions: list[str], **_) -> list[float]:
     """1.0 for ``<think>…</think>`` then an answer holding exactly one ``\\boxed{}``; else 0.0."""
     return [float(is_well_formed(c)) for c in completions]
+
+
+# ---- as TRL calls them ------------------------------------------------------------------------
+
+
+def reward_functions(names: list[str], truncated_reward: float | None, end_ids: set[int]) -> list:
+    """The named registry rewards as TRL reward functions (text completions, gold in ``answer``)."""
+    registry = REWARDS
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise SystemExit(f"ovr-train rl: unknown rewards {unknown}; known: {sorted(registry)}")
+    return [as_trl_reward(name, registry[name], truncated_reward, end_ids) for name in names]
+
+
+def as_trl_reward(name: str, func, truncated_reward: float | None, end_ids: set[int]):
+    def reward(completions, completion_ids=None, **columns):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        values = list(func(texts, **columns))
+        if truncated_reward is not None and completion_ids is not None:
+            values = [
+                truncated_reward if ids and ids[-1] not in end_ids else v
+                for v, ids in zip(values, completion_ids, strict=True)
+            ]
+        return values
+
+    reward.__name__ = name  # TRL logs rewards/<name>/mean
+    return reward

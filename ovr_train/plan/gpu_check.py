@@ -2,8 +2,8 @@
 Qwen2.5-VL-7B width (random weights, full hidden size and vocabulary, a few layers), beside what
 `ovr_train.plan` predicts for the same shape. Run by ``scripts/gpu-check.sh`` (never in CI).
 
-    python -m ovr_train.gpu_check [--layers 4 --sft-tokens 65536 --rl-tokens 26624 --steps 3]
-    python -m ovr_train.gpu_check --smoke      # CPU, a toy shape: checks the script, not the plan
+    python -m ovr_train.plan.gpu_check [--layers 4 --sft-tokens 65536 --rl-tokens 26624 --steps 3]
+    python -m ovr_train.plan.gpu_check --smoke      # CPU, a toy shape: checks the script, not the plan
 
 Each phase builds the model in bf16 with gradient checkpointing and the vision tower frozen, as the
 recipes train it, and takes optimizer steps (torch AdamW, the plan's "no ZeRO" case on one GPU):
@@ -24,7 +24,7 @@ import json
 import time
 from pathlib import Path
 
-from ovr_train.model_shapes import QWEN2_5_VL_7B, ModelShape
+from ovr_core.model_shapes import QWEN2_5_VL_7B, ModelShape
 from ovr_train.plan import Hardware, plan_recipe
 
 SMOKE_SHAPE = ModelShape(
@@ -152,7 +152,7 @@ def build_model(shape: ModelShape, device: str):
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from ovr_train.training_common import freeze_vision
+    from ovr_train.models import freeze_vision
 
     config = Qwen2_5_VLConfig(
         text_config={

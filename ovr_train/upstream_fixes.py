@@ -1,4 +1,8 @@
-"""Two fixes to TRL 1.16's colocated vLLM rollouts (vLLM 0.32), installed by `fix_colocated_vllm`.
+"""Upstream bugs we work around, each in one named place with the test that says when it can go.
+
+Qwen2.5-VL packed sequences (transformers 5.19): `fix_packed_mrope_positions`, below.
+
+Two fixes to TRL 1.16's colocated vLLM rollouts (vLLM 0.32), installed by `fix_colocated_vllm`:
 
 1. Weight sync on CPU. TRL's colocate sync (``VLLMGeneration.sync_weights``) calls the vLLM model's
    ``load_weights`` one parameter at a time. vLLM's CPU backend repacks linear weights after
@@ -111,3 +115,35 @@ def _first_difference(a, b) -> int:
         if x != y:
             return i
     return min(len(a), len(b))
+
+
+def fix_packed_mrope_positions(model) -> bool:
+    """Make padding-free/packed batches attend within their own sequence on Qwen2-VL-family models.
+
+    TRL's padding-free collator sends 2-D ``position_ids`` (restarting at 0 for each sequence) and no
+    attention mask. Qwen2.5-VL's text model (transformers 5.19, ``Qwen2_5_VLTextModel.forward``)
+    expands 2-D ids to its 3 M-RoPE rows and then builds the mask without them, so under sdpa/eager
+    every sequence attends to the ones packed before it (FlashAttention is saved by TRL's
+    ``cu_seq_lens``). Its documented packed form is 4 rows: text positions, then t/h/w, which for
+    text are the same positions. A pre-hook on the text model rewrites 2-D ids (with no attention
+    mask) to that form; for text-only data this is exactly the M-RoPE of the unpacked sequence.
+    Remove when ``tests/test_sft_packing.py::test_upstream_still_needs_the_position_fix`` fails.
+    Returns True when the hook was installed.
+    """
+    language_model = getattr(getattr(model, "model", None), "language_model", None)
+    rope = getattr(getattr(language_model, "config", None), "rope_parameters", None) or {}
+    if language_model is None or "mrope_section" not in rope:
+        return False
+
+    def to_four_rows(module, args, kwargs):
+        position_ids = kwargs.get("position_ids")
+        if (
+            position_ids is not None
+            and position_ids.ndim == 2
+            and kwargs.get("attention_mask") is None
+        ):
+            kwargs["position_ids"] = position_ids[None].expand(4, -1, -1)
+        return args, kwargs
+
+    language_model.register_forward_pre_hook(to_four_rows, with_kwargs=True)
+    return True

@@ -30,7 +30,7 @@ def register() -> None:
 
     if BACKEND not in WeightTransferEngineFactory._registry:
         WeightTransferEngineFactory.register_engine(
-            BACKEND, "ovr_train.vllm_gloo", "GlooWeightTransferEngine"
+            BACKEND, "ovr_train.rollouts.gloo", "GlooWeightTransferEngine"
         )
 
 

@@ -14,7 +14,7 @@ is built; TRL's own code does everything else):
   tensor is broadcast once and reaches all of them; NCCL on GPUs, ``ovr_gloo`` on CPU;
 - the rest (prefix-cache resets, update start/finish) goes to every server.
 
-With ``$OVR_ROLLOUT_KEY`` set, every request carries it (`ovr_train.rollout_auth`).
+With ``$OVR_ROLLOUT_KEY`` set, every request carries it (`ovr_train.rollouts.auth`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from ovr_train.rollout_auth import KEY_ENV, bearer
+from ovr_train.rollouts.auth import KEY_ENV, bearer
 
 
 def split_urls(base_url: str | list[str]) -> list[str]:
@@ -319,7 +319,7 @@ def _patched(owner, name, value):
 
 def _open_trainer_side(backend: str, init: dict):
     if backend == "ovr_gloo":
-        from ovr_train.vllm_gloo import open_group
+        from ovr_train.rollouts.gloo import open_group
 
         return open_group(init["master_address"], init["master_port"], 0, init["world_size"])
     if backend == "nccl":
@@ -333,7 +333,7 @@ def _broadcast(backend: str, group, named_params) -> None:
     if group is None:
         raise RuntimeError("weight sync before init_communicator")
     if backend == "ovr_gloo":
-        from ovr_train.vllm_gloo import broadcast_weights
+        from ovr_train.rollouts.gloo import broadcast_weights
 
         broadcast_weights(group, named_params)
     else:
