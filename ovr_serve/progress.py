@@ -2,7 +2,7 @@
 
 - `fetch_weights()` downloads a hub checkpoint with huggingface_hub's own `hf_hub_download` (one
   call per file, so finished files are kept and a dropped connection resumes with a Range request)
-  behind a single bar: size, speed, ETA.
+  behind a single line drawn by rich's progress columns: size, percent, speed, ETA.
 - `StartupStatus` follows vLLM's log file and keeps one line saying which phase it is in (loading
   weights, profiling memory, warming up …) and for how long.
 - `RequestLines` then echoes the one compact line per request that `ovr_serve.request_log` writes.
@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import re
 import sys
 import threading
@@ -20,6 +19,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from ovr_serve.request_log import MARKER
 
@@ -50,20 +58,6 @@ PHASES = [
 
 
 # --- the hub -----------------------------------------------------------------------------------------
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Does the hub (HF_ENDPOINT) answer at all? False when HF_HUB_OFFLINE=1."""
-    import httpx
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    try:
-        httpx.head(constants.ENDPOINT, timeout=timeout)
-        return True
-    except httpx.HTTPError:
-        return False
 
 
 def cached_snapshot(repo_id: str, cache_dir: str | Path | None = None) -> Path | None:
@@ -123,75 +117,84 @@ def fetch_weights(
         hf_hub_download, repo_id, revision=sha, endpoint=endpoint, cache_dir=cache_dir
     )
     if todo:
-        with ByteBar(f"downloading {repo_id}", sum(s for _, s in todo), out or sys.stderr) as bar:
-            share = functools.partial(FileShare, bar)
+        with DownloadLine(
+            f"downloading {repo_id}", sum(s for _, s in todo), out or sys.stderr
+        ) as line:
+            share = functools.partial(FileShare, line.advance)
             with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
                 list(pool.map(lambda f: get(f[0], tqdm_class=share), todo))
     return Path(get("config.json")).parent
 
 
 def fetch_file(repo_id: str, filename: str) -> Path:
-    """One small file (a config.json) into the hub cache, without a bar of its own."""
+    """One small file (a config.json) into the hub cache, without a line of its own."""
     from huggingface_hub import hf_hub_download
 
-    silent = functools.partial(FileShare, ByteBar("", 0, io.StringIO()))
-    return Path(hf_hub_download(repo_id, filename, tqdm_class=silent))
+    return Path(hf_hub_download(repo_id, filename, tqdm_class=FileShare))
 
 
-class ByteBar:
-    """One progress line for many files: done / total, speed, ETA.
+class DownloadLine:
+    """One progress line for many files, from rich's columns: done/total, percent, speed, ETA.
 
-    On a terminal it redraws in place a few times a second; elsewhere (a log file, a container
-    log) it writes a plain line every ``log_every`` seconds and at the end.
+    On a terminal rich redraws it in place; elsewhere (a log file, a container log) it is written
+    as a plain line every ``log_every`` seconds and once at the end.
     """
 
     def __init__(self, label: str, total: int, out: TextIO, log_every: float = 30.0):
-        self.label, self.total, self.out = label, total, out
-        self.done = 0
-        self.tty = out.isatty() if hasattr(out, "isatty") else False
-        self.every = 0.2 if self.tty else log_every
-        self.start = self.last = time.monotonic()
+        tty = out.isatty() if hasattr(out, "isatty") else False
+        # off a terminal rich would wrap at 80 columns: one line, however long the repo id
+        console = Console(file=out, width=None if tty else 200, highlight=False)
+        self.progress = Progress(
+            TextColumn("{task.description}:"),
+            DownloadColumn(),
+            TextColumn("({task.percentage:.0f}%)"),
+            TransferSpeedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not tty,  # off a terminal the lines are ours: `_log()`
+        )
+        self.task = self.progress.add_task(label, total=total)
+        self.tty, self.every, self.last = tty, log_every, time.monotonic()
+        self.logged = -1  # bytes done when the last plain line was written
         self.lock = threading.Lock()
 
-    def update(self, n: int) -> None:
+    def advance(self, n: int) -> None:
+        """Count ``n`` more bytes (called from every download thread)."""
         with self.lock:
-            self.done += n
-            now = time.monotonic()
-            if now - self.last >= self.every:
-                self.last = now
-                self._draw(end="\r" if self.tty else "\n")
+            self.progress.advance(self.task, n)
+            if not self.tty and time.monotonic() - self.last >= self.every:
+                self._log()
 
-    def text(self) -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-6)
-        speed = self.done / elapsed
-        left = (self.total - self.done) / speed if speed > 0 else float("inf")
-        pct = 100 * self.done / self.total if self.total else 100
-        return (
-            f"{self.label}: {human_bytes(self.done)} / {human_bytes(self.total)} ({pct:.0f}%)"
-            f"  {human_bytes(speed)}/s  ETA {human_time(left)}"
-        )
+    def _log(self) -> None:
+        self.last = time.monotonic()
+        tasks = self.progress.tasks
+        if tasks[0].completed == self.logged:
+            return
+        self.logged = tasks[0].completed
+        self.progress.console.print(self.progress.make_tasks_table(tasks), soft_wrap=True)
 
-    def _draw(self, end: str) -> None:
-        text = self.text()
-        self.out.write(("\r" + text.ljust(79) if self.tty else text) + ("" if end == "\r" else end))
-        self.out.flush()
-
-    def __enter__(self) -> ByteBar:
+    def __enter__(self) -> DownloadLine:
+        self.progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        with self.lock:
-            self._draw(end="\n")
+        self.progress.stop()  # on a terminal: the final line stays
+        if not self.tty:
+            with self.lock:
+                self._log()
 
 
 class FileShare:
-    """What `hf_hub_download(tqdm_class=…)` builds per file: forwards its bytes to one ByteBar."""
+    """What `hf_hub_download(tqdm_class=…)` builds per file: hands its bytes to ``advance``
+    (nothing without one: a config.json fetched alone)."""
 
-    def __init__(self, bar: ByteBar, **_: object):
-        self.bar = bar
+    def __init__(self, advance: Callable[[int], None] | None = None, **_: object):
+        self.forward = advance
 
     def update(self, n: int = 1) -> None:
-        self.bar.update(n)
+        if self.forward:
+            self.forward(n)
 
     def close(self) -> None:
         pass
@@ -201,21 +204,6 @@ class FileShare:
 
     def __exit__(self, *exc) -> None:
         pass
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def human_time(s: float) -> str:
-    if s == float("inf"):
-        return "?"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 # --- vLLM's log ----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -275,12 +276,44 @@ def test_download_shows_one_bar_and_a_dropped_transfer_resumes(local_hub, tmp_pa
     lines = screen.getvalue().strip().splitlines()
     total = len(weights) + len(_Hub.files["config.json"])
     assert len(lines) == 1, lines  # one bar (not a TTY: written once, at the end)
-    assert lines[0].startswith("downloading org/model: ") and "(100%)" in lines[0]
-    assert f"/ {total / 1e6:.1f} MB" in lines[0] and "/s" in lines[0] and "ETA" in lines[0]
+    # rich's download columns: done/total, percent, speed, ETA
+    mb = f"{total / 1e6:.1f}"
+    assert re.fullmatch(
+        rf"downloading org/model: {mb}/{mb} MB \(100%\) [\d.]+ [kMG]?B/s ETA 0:00:00", lines[0]
+    ), lines[0]
     # a second start finds everything in the cache: nothing is fetched again
     _Hub.requests = []
     assert fetch_weights("org/model", out=screen, endpoint=local_hub, cache_dir=tmp_path) == path
     assert [r for r in _Hub.requests if r[0] == "GET"] == []
+
+
+def test_the_download_line_logs_plainly_off_a_terminal_and_redraws_in_place_on_one():
+    from ovr_serve.progress import DownloadLine
+
+    log = io.StringIO()  # a container log: a plain line every log_every seconds, then the last
+    with DownloadLine("downloading org/model", 3000, log, log_every=0) as line:
+        for _ in range(3):
+            line.advance(1000)
+    shown = log.getvalue().splitlines()
+    assert [s.split(": ", 1)[1].split(" (")[0] for s in shown] == [
+        "1.0/3.0 kB",
+        "2.0/3.0 kB",
+        "3.0/3.0 kB",
+    ]
+    assert "\x1b" not in log.getvalue() and "\r" not in log.getvalue()
+    reader, writer = os.openpty()  # a terminal: one line, redrawn, its last state left on screen
+    with open(writer, "w") as tty, DownloadLine("downloading org/model", 2000, tty) as line:
+        line.advance(1000)
+        threading.Event().wait(0.05)  # two samples apart in time: a speed to show
+        line.advance(1000)
+    os.set_blocking(reader, False)
+    raw = os.read(reader, 1 << 16).decode()
+    os.close(reader)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)
+    screen = [part.split("\r")[-1] for part in plain.replace("\r\n", "\n").split("\n")]
+    (shown,) = [line for line in screen if line.strip()]
+    assert shown.startswith("downloading org/model: 2.0/2.0 kB (100%) ") and "B/s" in shown
+    assert shown.endswith("ETA 0:00:00") and "\r" in plain  # redrawn in place
 
 
 # --- vLLM's log lines as start-up phases ------------------------------------------------------------
