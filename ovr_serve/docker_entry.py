@@ -22,11 +22,11 @@ import os
 import shlex
 import sys
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from ovr_serve.cli import parse_command
 from ovr_serve.config import ServeConfig, process_env, render_dry_run, vllm_command
-from ovr_serve.launch import LaunchError, print_preflight, resolve
+from ovr_serve.launch import LaunchError, demo_model_dir, print_preflight, resolve
 from ovr_serve.preflight import preflight
 
 ENV_PREFIX = "OVR_"
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
             raise LaunchError(
                 "the web UI runs as its own container (service `webui`): unset OVR_UI"
             )
+        if cfg.demo:  # as `ovr-serve --demo`: the pre-flight checks the tiny model, not the hub's
+            cfg = replace(cfg, model=str(demo_model_dir()), demo=False)
         if mode != "dry-run":
             report = preflight(cfg, ports=False)
             if mode == "check" or not report.ok or report.warnings:
