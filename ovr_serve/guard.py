@@ -324,26 +324,37 @@ def _check_image_bytes(raw: bytes, max_pixels: int) -> None:
 
 
 def answer_undecodable_images_400() -> None:
-    """vLLM 0.32 answers 400 for an image whose pixels Pillow cannot decode only when Pillow says
-    so with an OSError (``ImageMediaIO.load_bytes``); Pillow's QOI decoder raises IndexError,
-    others ValueError or SyntaxError, and those reached the client as 500s. Every failure of the
-    load becomes the ValueError vLLM answers 400. Remove when vLLM's load_bytes catches Exception
-    (its ``except (OSError, UnidentifiedImageError)``)."""
+    """Make vLLM 0.32's one decode of an image strict, and each failure of it a 400.
+
+    ``ImageMediaIO.load_bytes`` normalises EXIF orientation under ``suppress(Exception)`` before
+    it loads the pixels: a load that fails there is swallowed and the next ``load()`` returns the
+    partly decoded image (a corrupt PNG was answered 200). And it turns only OSError into the
+    ValueError it answers 400 (Pillow's QOI decoder raises IndexError: a 500). We load the pixels
+    before the orientation step (the same single decode) and turn any failure into ValueError.
+    Remove when vLLM loads before ``normalize_image`` and catches Exception in ``load_bytes``."""
     from vllm.multimodal.media import image as media_image
 
-    original = media_image.ImageMediaIO.load_bytes
-    if getattr(original, "ovr_fixed", False):
+    original_load, original_normalize = (
+        media_image.ImageMediaIO.load_bytes,
+        media_image.normalize_image,
+    )
+    if getattr(original_load, "ovr_fixed", False):
         return
+
+    def normalize_image(image):
+        image.load()  # raises for pixels Pillow cannot decode; later loads are no-ops
+        return original_normalize(image)
 
     def load_bytes(self, data: bytes):
         try:
-            return original(self, data)
+            return original_load(self, data)
         except ValueError:
             raise
         except Exception as exc:
             raise ValueError(f"Failed to load image: {type(exc).__name__}: {exc}") from exc
 
     load_bytes.ovr_fixed = True
+    media_image.normalize_image = normalize_image
     media_image.ImageMediaIO.load_bytes = load_bytes
 
 
