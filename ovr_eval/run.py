@@ -35,6 +35,7 @@ from ovr_core.wire import API_KEY_ENV, SAMPLING, reasoning_of
 from ovr_eval.benchmarks import BENCHMARKS, Item, get_benchmark
 from ovr_eval.judge import JudgeConfig, judge_record, judge_records
 from ovr_eval.loading import load_items
+from ovr_eval.progress import BenchProgress
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +187,6 @@ async def _run_all(
 async def _run_bench(
     cfg, sampling, bench: str, items: list[Item], client, grader, judge_client=None
 ) -> BenchResult:
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     path = cfg.out / f"{bench}.jsonl"
     done = read_records(path)
     _rewrite_if_truncated(path, done)
@@ -198,16 +196,10 @@ async def _run_bench(
     answered, failed = len(done), 0
     statuses = Counter(r.get("status") for r in done)
     protocol = BENCHMARKS[bench].judge if cfg.judge else None
-    bar = tqdm(
-        total=len(items),
-        initial=len(items) - len(todo),
-        desc=bench,
-        disable=not cfg.progress,
-        dynamic_ncols=True,
-    )
+    bar = BenchProgress(bench, len(items), len(items) - len(todo), enabled=cfg.progress)
     gate = asyncio.Semaphore(cfg.concurrency)
     # warnings (a failed request) print above the bar instead of breaking it
-    with path.open("a", encoding="utf-8") as out, logging_redirect_tqdm():
+    with path.open("a", encoding="utf-8") as out, bar:
 
         async def one(item: Item) -> None:
             nonlocal correct, answered, failed
@@ -235,13 +227,9 @@ async def _run_bench(
             out.flush()
             correct += record["correct"]
             answered += 1
-            bar.update(1)
-            bar.set_postfix_str(
-                f"acc {correct / answered:.1%}" + (f", {failed} failed" if failed else "")
-            )
+            bar.advance(f"acc {correct / answered:.1%}" + (f", {failed} failed" if failed else ""))
 
         await asyncio.gather(*(one(it) for it in todo))
-    bar.close()
     scorer = (
         cfg.judge.scorer
         if protocol
