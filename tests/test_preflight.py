@@ -452,3 +452,34 @@ def test_gpu_facts_come_from_nvidia_smi_and_an_old_driver_is_named(tmp_path, mon
     assert cuda_mismatch(gpu)[0] == "warning"
     monkeypatch.setattr(torch.version, "cuda", "12.1")
     assert cuda_mismatch(gpu) is None
+
+
+# --- one owner each: the AVX check, the default context length -------------------------------------
+
+
+def test_the_cpu_isa_is_read_from_the_cpu_flags():
+    from ovr_serve.device import cpu_isa
+
+    line = "flags\t\t: fpu vme sse4_2 {} fma\n"
+    assert cpu_isa(line.format("avx2 avx512f avx512bw")) == "AVX-512"
+    assert cpu_isa(line.format("avx avx2")) == "AVX2"
+    if os.uname().machine == "x86_64":
+        assert cpu_isa(line.format("avx avx512_bf16")) is None  # no avx2/avx512f: refused
+
+
+def test_launch_and_preflight_take_one_default_context_length(tiny_model_path):
+    from ovr_serve.config import DEFAULT_MAX_MODEL_LEN
+    from ovr_serve.launch import resolve
+
+    positions = json.loads((tiny_model_path / "config.json").read_text())["text_config"]
+    positions = positions["max_position_embeddings"]
+    assert positions < DEFAULT_MAX_MODEL_LEN  # the tiny model's cap applies
+    cfg = ServeConfig(model=str(tiny_model_path), think_in_prompt="no")
+    *_, max_len = resolve(cfg)
+    facts = pf.preflight(cfg, device=Device("cpu", "test CPU", 64 << 30), ports=False).facts
+    assert max_len == positions and any(f"per sequence of {positions} tokens" in f for f in facts)
+    assert ServeConfig().context_length(128000) == DEFAULT_MAX_MODEL_LEN == 49152
+    assert (
+        ServeConfig(max_model_len=100_000).context_length(8192) == 100_000
+    )  # asked for: vLLM says
+    assert ServeConfig().context_length(None) == DEFAULT_MAX_MODEL_LEN
