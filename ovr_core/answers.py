@@ -6,7 +6,7 @@
 - The boxes (``\\boxed{}``, ``\\fbox{}``) in order (``boxes``); the last is the final result, as
   MATH-style scorers take it (``final_box``).
 - The answer sentences the benchmarks' official extractors read when there is no box
-  (``answer_sentences``): "the answer is (C)", "Answer: C", "the correct option is …", "the final
+  (``answer_sentences``, one set per extractor in ``SENTENCES``): "the answer is (C)", "Answer: C", "the correct option is …", "the final
   answer is 204" (simple-evals' ``Answer\\s*:``, MMLU-Pro's ``answer is \\(?X\\)?``, MATH-V's
   "the final answer is" / "the answer is" / "the correct answer is" / "the answer should be",
   lmms-eval's answer phrases). Each is cut at the end of its line or sentence.
@@ -23,11 +23,22 @@ from ovr_core.format import BOXED, THINK_CLOSE, THINK_OPEN, boxed_contents, spli
 FBOX = "\\fbox"
 
 # "the final answer is", "the correct option is", "Answer:", "my answer is" … then the answer
-_SENTENCE = re.compile(
-    r"(?:\b(?:the\s+)?(?:final\s+|correct\s+|best\s+|my\s+)?(?:answer|option|choice)"
-    r"(?:\s+(?:is|should\s+be|would\s+be|will\s+be))\s*:?|\banswer\s*:)[ \t]*(?P<ans>[^\n]*)",
-    re.I,
+_ANY = (
+    r"\b(?:the\s+)?(?:final\s+|correct\s+|best\s+|my\s+)?(?:answer|option|choice)"
+    r"(?:\s+(?:is|should\s+be|would\s+be|will\s+be))\s*:?|\banswer\s*:"
 )
+# the sentences each official extractor reads (the rule's "sentences"; default "any", the LLM
+# extractors' and lmms-eval's reasoning scorer's reading)
+SENTENCES = {
+    "any": _ANY,
+    "answer_colon": r"\banswer\s*:",  # simple-evals (GPQA, MMLU), lmms-eval's AIME
+    "answer_is": r"\banswer\s+is\b|\banswer\s*:",  # MMLU-Pro: "answer is (X)", then "Answer: X"
+    "mathv": r"\bthe\s+(?:final\s+|correct\s+)?answer\s+(?:is|should\s+be)\b",  # MATH-V
+}
+_PATTERNS = {
+    name: re.compile(f"(?:{pattern})[ \t]*(?P<ans>[^\n]*)", re.I)
+    for name, pattern in SENTENCES.items()
+}
 # where a stated answer ends: a line end, or a full stop followed by a space and more words
 _SENTENCE_END = re.compile(r"(?<!\d)\.(?:\s|$)|(?<=\d)\.(?=\s+[A-Za-z])|\s+(?:because|since)\b")
 
@@ -53,12 +64,15 @@ def final_box(answer: str) -> str | None:
     return found[-1] if found else None
 
 
-def answer_sentences(answer: str) -> list[str]:
+def answer_sentences(answer: str, kind: str = "any") -> list[str]:
     """What each answer sentence of ``answer`` states ("the answer is (C)." → "(C)"), in order;
-    the answer outside any box (a sentence inside a box is the box's business)."""
+    the answer outside any box (a sentence inside a box is the box's business). ``kind`` names
+    the sentences a benchmark's extractor reads (``SENTENCES``)."""
+    if kind not in _PATTERNS:
+        raise ValueError(f"unknown answer sentences {kind!r}; known: {sorted(_PATTERNS)}")
     text = _without_boxes(answer)
     found = []
-    for m in _SENTENCE.finditer(text):
+    for m in _PATTERNS[kind].finditer(text):
         said = m.group("ans").strip()
         end = _SENTENCE_END.search(said)
         said = (said[: end.start()] if end else said).strip().strip("*").strip()

@@ -112,13 +112,13 @@ def grade_completion(
     strict: bool = False,
 ) -> Verdict:
     """Grade one completion in this process, without a time limit (workers call this)."""
-    early = quick_verdict(completion, precheck, strict)
+    early = quick_verdict(completion, precheck, strict, rule)
     if early is not None:
         return early
     answer = normalize(final_answer(completion)[1])
     gold = normalize(str(gold))
     choices = [normalize(str(c)) for c in choices] if choices else None
-    stated = _stated(answer, strict)
+    stated = _stated(answer, strict, (rule or {}).get("sentences", "any"))
     together = ", ".join(dict.fromkeys(stated.boxes))
     if len(set(stated.boxes)) > 1 and matches(together, gold, choices, rule):
         return Verdict("correct", together, "several values, boxed one by one")
@@ -130,7 +130,9 @@ def grade_completion(
     return Verdict("correct" if ok else "wrong", stated.final)
 
 
-def quick_verdict(completion: str, precheck: bool = True, strict: bool = False) -> Verdict | None:
+def quick_verdict(
+    completion: str, precheck: bool = True, strict: bool = False, rule: dict | None = None
+) -> Verdict | None:
     """The verdict when no comparison is needed (``unclosed``, ``no_answer``, ``refused``), in
     microseconds; None when the answer must be compared with the gold."""
     status, answer = final_answer(completion)
@@ -138,7 +140,7 @@ def quick_verdict(completion: str, precheck: bool = True, strict: bool = False) 
         return Verdict(status)
     found = boxes(answer)
     if not found and not strict:
-        found = answer_sentences(normalize(answer))[-1:]
+        found = answer_sentences(normalize(answer), (rule or {}).get("sentences", "any"))[-1:]
     if not found:
         return Verdict("no_answer")
     for box in found if precheck else ():
@@ -155,9 +157,9 @@ class _Stated:
     others: list[str]  # (strict) every other answer the output states
 
 
-def _stated(answer: str, strict: bool) -> _Stated:
+def _stated(answer: str, strict: bool, kind: str) -> _Stated:
     found = boxes(answer)
-    sentences = answer_sentences(answer)
+    sentences = answer_sentences(answer, "any" if strict else kind)
     if found:
         others = found[:-1] + [s for s in sentences if _looks_like_an_answer(s)]
         return _Stated(found[-1], found, others if strict else [])
@@ -167,7 +169,8 @@ def _stated(answer: str, strict: bool) -> _Stated:
 def _looks_like_an_answer(sentence: str) -> bool:
     # "Answer: 5" or "the answer is (C)" states an answer; "the answer is the smallest n" does not
     bare = re.sub(r"\\[a-zA-Z]+|\$", " ", sentence)
-    return len(sentence) <= 60 and not re.search(r"[a-zA-Z]{4,}", bare)
+    short = len(bare.split()) <= 3  # "Answer: not alpha" states a term
+    return len(sentence) <= 60 and (short or not re.search(r"[a-zA-Z]{4,}", bare))
 
 
 def refusal(box: str) -> str | None:

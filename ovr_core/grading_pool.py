@@ -82,7 +82,8 @@ class Grader:
         choices = list(choices) if choices is not None else [None] * n
         rules = list(rules) if rules is not None else [None] * n
         results: list[Verdict | None] = [
-            quick_verdict(c, self.precheck, self.strict) for c in completions
+            quick_verdict(c, self.precheck, self.strict, r)
+            for c, r in zip(completions, rules, strict=True)
         ]
         tasks = [
             (i, (c, g, list(o) if o else None, r, self.precheck, self.strict))

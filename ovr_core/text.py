@@ -77,11 +77,12 @@ def normalize(text: str) -> str:
     text = _scripts_to_latex(str(text))
     text = re.sub(r"(-?)(\d+)\s?([" + "".join(_VULGAR) + "])", _mixed_number, text)
     text = "".join(_VULGAR.get(ch, ch) for ch in text)
+    # before NFKC, which turns a thin space into a plain one (a plain space may separate a list)
+    text = re.sub(r"(?<=\d)(?:\{,\}|\\,|\\ |\u2009|\u202f)(?=\d{3}(?!\d))", "", text)
     text = unicodedata.normalize("NFKC", text)
     text = "".join(_AFTER_NFKC.get(ch, ch) for ch in text)
     text = "".join(_ascii_digit(ch) for ch in text)
     text = re.sub(r"√\s*(\{[^{}]*\}|[\d.]+|[a-zA-Z])", _sqrt, text).replace("√", "\\sqrt")
-    text = re.sub(r"(?<=\d)(?:\{,\}|\\,|\\ |\u2009|\u202f)(?=\d{3}(?!\d))", "", text)
     text = re.sub(r"\\mathrm\s*\{\s*([ie])\s*\}", r"\1", text)
     return re.sub(r"\\(pi|infty|times|cdot|le|ge|ne) (?=[^a-zA-Z]|$)", r"\\\1", text).rstrip()
 

@@ -86,9 +86,11 @@ def _math500(row: dict, i: int, split: str) -> Item:
 
 
 def _aime(row: dict, i: int, split: str) -> Item:
-    return Item(
+    item = Item(
         str(row.get("id", i)), PROMPT_MATH.format(question=row["problem"]), str(row["answer"])
     )
+    item.rule = {"name": "math", "sentences": "answer_colon"}  # no box: "Answer: 204"
+    return item
 
 
 def _gpqa(row: dict, i: int, split: str) -> Item:
@@ -104,25 +106,31 @@ def _gpqa(row: dict, i: int, split: str) -> Item:
     order = sorted(range(4), key=lambda k: (seed >> (8 * k)) & 0xFF)
     shuffled = [options[k] for k in order]
     gold = LETTERS[order.index(0)]
-    return _choice_item(str(row.get("Record ID", i)), row["Question"], shuffled, gold, [])
+    item = _choice_item(str(row.get("Record ID", i)), row["Question"], shuffled, gold, [])
+    item.rule = {"name": "choice", "sentences": "answer_colon"}  # simple-evals: "Answer: X"
+    return item
 
 
 def _mmlu(row: dict, i: int, split: str) -> Item:
     answer = row["answer"]
     gold = LETTERS[answer] if isinstance(answer, int) else str(answer)
-    return _choice_item(
+    item = _choice_item(
         f"{row.get('subject', '')}-{i}", row["question"], list(row["choices"]), gold, []
     )
+    item.rule = {"name": "choice", "sentences": "answer_colon"}  # simple-evals: "Answer: X"
+    return item
 
 
 def _mmlu_pro(row: dict, i: int, split: str) -> Item:
-    return _choice_item(
+    item = _choice_item(
         str(row.get("question_id", i)),
         row["question"],
         list(row["options"]),
         str(row["answer"]),
         [],
     )
+    item.rule = {"name": "choice", "sentences": "answer_is"}  # "answer is (X)", "Answer: X"
+    return item
 
 
 def _mathvista(row: dict, i: int, split: str) -> Item:
@@ -173,7 +181,8 @@ def _mathvision(row: dict, i: int, split: str) -> Item:
     else:
         prompt = PROMPT_MATH.format(question=question)
         item = Item(str(row.get("id", i)), prompt, str(row["answer"]), images)
-    item.rule = {"name": "mathvision"}
+    # MATH-V lower-cases both sides; without a box it reads "the (final) answer is …"
+    item.rule = {"name": "mathvision", "fold_case": True, "sentences": "mathv"}
     return item
 
 
@@ -183,7 +192,7 @@ def _dynamath(row: dict, i: int, split: str) -> Item:
     item_id = f"{split}-{seed_id}"
     gold = str(row["ground_truth"])
     kind = str(row.get("answer_type", ""))
-    rule = {"name": "dynamath", "answer_type": kind}
+    rule = {"name": "dynamath", "answer_type": kind, "fold_case": True}  # it lower-cases
     if "choice" in kind:
         prompt = PROMPT_CHOICE_IN_IMAGE.format(question=row["question"])
         return Item(item_id, prompt, gold, images, _letters_for(gold), seed_id, rule)
@@ -225,6 +234,7 @@ def _logicvista(row: dict, i: int, split: str) -> Item:
         gold,
         images,
         _letters_for(gold),
+        rule={"name": "choice", "fold_case": True},  # its scorer lower-cases both sides
     )
 
 

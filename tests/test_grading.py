@@ -12,7 +12,7 @@ import pytest
 
 from ovr_core.grading import choice_letters, final_answer, grade_completion, number_of
 from ovr_eval.benchmarks import BENCHMARKS, get_benchmark
-from ovr_train.rewards import REWARDS
+from ovr_train.rl.rewards import REWARDS
 
 
 def done(answer: str) -> str:
@@ -74,7 +74,8 @@ TABLES = {
         ({**DM_F, "ground_truth": "6.283"}, "\\boxed{2\\pi}", C),
         (DM_MC := {"id": "2", "question": "Which?", "ground_truth": "B",
                    "answer_type": "multiple choice"}, "\\boxed{B}", C),
-        (DM_MC, "\\boxed{(B) 2}", C), (DM_MC, "\\boxed{b}", W), (DM_MC, "\\boxed{A}", W),
+        # its scorer lower-cases both sides: "b" is B
+        (DM_MC, "\\boxed{(B) 2}", C), (DM_MC, "\\boxed{b}", C), (DM_MC, "\\boxed{A}", W),
         (DM_T := {"id": "3", "question": "Is it?", "ground_truth": "Yes", "answer_type": "text"},
          "\\boxed{Yes}", C),
         (DM_T, "\\boxed{\\text{Yes, it is}}", C), (DM_T, "\\boxed{yes}", W),

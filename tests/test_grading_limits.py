@@ -18,7 +18,7 @@ from ovr_core.grading import (
     refusal,
 )
 from ovr_core.grading_pool import Grader
-from ovr_train import rewards
+from ovr_train.rl import rewards
 
 
 def done(answer: str) -> str:
@@ -107,7 +107,7 @@ def test_every_status_is_counted_and_grader_errors_are_logged(caplog):
 def test_the_rl_reward_counts_logs_and_reports_statuses_per_call(caplog):
     metrics: dict[str, float] = {}
     before = rewards.STATUS_COUNTS.copy()
-    with caplog.at_level(logging.INFO, logger="ovr_train.rewards"):
+    with caplog.at_level(logging.INFO, logger="ovr_train.rl.rewards"):
         out = rewards.REWARDS["accuracy"](
             [done("\\boxed{4}"), done("\\boxed{9^{9^{9^{9}}}}"), done("nothing")],
             answer=["4", "4", "4"],

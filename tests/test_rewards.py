@@ -8,7 +8,7 @@ import pytest
 
 from ovr_core.grading import choice_letter, grade_completion, grade_serial
 from ovr_core.grading_pool import Grader
-from ovr_train.rewards import REWARDS
+from ovr_train.rl.rewards import REWARDS
 
 
 def done(answer: str) -> str:
