@@ -278,3 +278,72 @@ def test_the_login_cookie_is_samesite_lax_and_cross_site_requests_are_refused():
             url + "/gradio_api/upload", files={"files": ("q.png", b"x", "image/png")}, cookies=jar
         )
         assert resp.status_code == 200  # the same user, from the UI's own page
+
+
+@pytest.mark.slow
+def test_a_real_browser_after_dns_rebinding_or_on_another_site_gets_nothing(ui):
+    """Headless Chromium, ``evil.example`` resolving to 127.0.0.1: the UI opened by that name
+    answers 403; a page of another site that posts an upload to the UI (as any page may, no CORS
+    needed) stores nothing; the UI's own page still uploads."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.webui_helpers import CHROMIUM, CHROMIUM_ARGS
+
+    url, uploads = ui
+    port = httpx.URL(url).port
+    attack = f"""<script>
+      const form = new FormData();
+      form.append("files", new Blob(["\\x89PNG attack " + Math.random()]), "q.png");
+      fetch("{url}/gradio_api/upload", {{method: "POST", body: form, mode: "no-cors"}})
+        .then(() => document.title = "sent", () => document.title = "sent");
+    </script>"""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(attack.encode())
+
+        def log_message(self, *args):
+            pass
+
+    site = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    rules = "--host-resolver-rules=MAP evil.example 127.0.0.1, MAP attacker.example 127.0.0.1"
+    before = len(_stored(uploads))
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, rules], headless=True
+            )
+            try:
+                page = browser.new_page()
+                seen: list[int] = []  # the upload's answers, as the browser's network saw them
+                page.on(
+                    "response",
+                    lambda r: seen.append(r.status) if "/gradio_api/upload" in r.url else None,
+                )
+                resp = page.goto(f"http://evil.example:{port}/")
+                assert resp.status == 403 and "--allowed-hosts" in page.content()
+                page.goto(f"http://attacker.example:{site.server_address[1]}/")
+                page.wait_for_function("document.title === 'sent'", timeout=30_000)
+                assert seen == [403], seen  # sent by the browser, refused by the UI
+                assert len(_stored(uploads)) == before
+                page.goto(url + "/")  # the UI's own page may upload
+                status = page.evaluate(
+                    """async () => {
+                      const form = new FormData();
+                      form.append("files", new Blob(["\\x89PNG own " + Math.random()]), "q.png");
+                      return (await fetch("/gradio_api/upload", {method: "POST", body: form})).status;
+                    }"""
+                )
+                assert status == 200
+                assert len(_stored(uploads)) == before + 1
+            finally:
+                browser.close()
+    finally:
+        site.shutdown()
