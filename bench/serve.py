@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,11 +65,7 @@ def main() -> None:
     )
     cfg, device, think, max_len = resolve(cfg)
     if args.images_only:
-        bare = _start_bare(
-            ServeConfig(model=cfg.model, port=free_port(), cpu_kvcache_gib=cfg.cpu_kvcache_gib),
-            device,
-            max_len,
-        )
+        bare = _start_bare(replace(cfg, port=free_port()), device, max_len)
         try:
             images = _image_costs(bare.root, cfg.served_model_name, args.image_repeats)
         finally:
@@ -81,9 +78,7 @@ def main() -> None:
     print("starting ovr-serve and bare vllm…", flush=True)
     servers = {"ovr-serve": start_server(cfg, resolved=(device, think, max_len))}
     try:
-        bare_cfg = ServeConfig(
-            model=cfg.model, port=free_port(), cpu_kvcache_gib=cfg.cpu_kvcache_gib
-        )
+        bare_cfg = replace(cfg, port=free_port())  # the same processor settings as ours
         servers["bare vllm"] = _start_bare(bare_cfg, device, max_len)
         keys = {"ovr-serve": "bench-key", "bare vllm": "none"}
         for name, handle in servers.items():  # warm-up
