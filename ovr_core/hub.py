@@ -26,10 +26,10 @@ def hub_endpoint() -> str:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the hub answers within about ``timeout`` seconds; False at once when offline.
-
-    Any HTTP answer counts (a mirror may refuse HEAD /); no answer, a refused connection, or a name
-    that does not resolve is False.
+    """True when the hub answers; False at once when offline, and after at most
+    ``2 * timeout + 1`` seconds when it does not answer (``timeout`` bounds the connect and each
+    read, as in httpx). Any HTTP answer counts (a mirror may refuse HEAD /); a refused connection
+    or a name that does not resolve is False.
     """
     if hub_offline():
         return False
@@ -45,8 +45,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
             answered.append(False)
 
     # httpx's timeout does not cover name resolution, which can hang for long on a machine without
-    # DNS: a daemon thread with a deadline bounds the whole check
+    # DNS, nor an answer trickling in: a daemon thread with a deadline bounds the whole check (room
+    # for a connect and a read of `timeout` each, so a slow but working hub is not called down)
     probe = threading.Thread(target=head, daemon=True)
     probe.start()
-    probe.join(timeout + 1)
+    probe.join(2 * timeout + 1)
     return bool(answered and answered[0])

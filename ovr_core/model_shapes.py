@@ -5,7 +5,7 @@ GPU check (`ovr_train.plan`).
 A checkpoint's shape comes from its ``config.json``; the 7B's from `QWEN2_5_VL_7B_CONFIG`, the
 hub's config written down here, so nothing is downloaded. Parameter counts come from upstream where
 they can: `checkpoint_parameters()` reads a local checkpoint's safetensors headers (no weights
-loaded), `empty_model_parameters()` builds transformers' own model on accelerate's empty weights.
+loaded), `hub_parameters()` the hub's safetensors metadata, `empty_model_parameters()` builds transformers' own model on accelerate's empty weights.
 `ModelShape.params` is the closed form the two are checked against (tests/test_model_shapes.py), for
 when there is neither a checkpoint nor torch: the pre-flight of a hub id, the plan of a name.
 """
@@ -191,6 +191,23 @@ def checkpoint_parameters(model_dir: str | Path) -> int | None:
         with safe_open(file, framework="numpy") as weights:
             total += sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())
     return total
+
+
+def hub_parameters(repo_id: str, endpoint: str | None = None) -> int | None:
+    """Parameters of a hub checkpoint from the hub's safetensors metadata (the header of each file,
+    read with a range request; no weights); None when the hub cannot say (no safetensors files)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        NotASafetensorsRepoError,
+        SafetensorsParsingError,
+    )
+
+    try:
+        meta = HfApi(endpoint=endpoint).get_safetensors_metadata(repo_id)
+    except (NotASafetensorsRepoError, SafetensorsParsingError, HfHubHTTPError, OSError):
+        return None  # the caller's closed form from config.json stands, and says so
+    return sum(meta.parameter_count.values())
 
 
 def empty_model_parameters(config: dict) -> int:

@@ -20,6 +20,7 @@ from ovr_core.model_shapes import (
     DTYPE_BYTES,
     ModelShape,
     checkpoint_parameters,
+    hub_parameters,
     known_shape,
     shape_from_config,
 )
@@ -188,21 +189,30 @@ def hub_model_size(repo_id: str, report: Report) -> ModelSize | None:
     except Exception as e:
         report.problems.append(f"the hub has no model {repo_id} ({type(e).__name__}): check the id")
         return None
-    size = size_from_config(config)
+    size = size_from_config(config, repo_id=repo_id)
     size.download_bytes = sum(n for _, n in files)
     report.facts.append(f"weights: {size.download_bytes / 1e9:.1f} GB to download from the hub")
     return size
 
 
 def size_from_config(
-    config: dict, source: str = "config.json", model_dir: Path | None = None
+    config: dict,
+    source: str = "config.json",
+    model_dir: Path | None = None,
+    repo_id: str | None = None,
 ) -> ModelSize:
     """Parameters, weight bytes and KV bytes per token of a Qwen2/Qwen2.5-VL style config; the
-    parameter count from ``model_dir``'s safetensors headers when it has them."""
+    parameter count from upstream where it can be: ``model_dir``'s safetensors headers, or the
+    hub's safetensors metadata of ``repo_id``."""
     size = size_of(shape_from_config(config, "checkpoint"), config, source)
-    counted = checkpoint_parameters(model_dir) if model_dir is not None else None
-    if counted and not config.get("quantization_config"):  # packed tensors count otherwise
-        size.params, size.source = counted, f"{source} and the safetensors headers"
+    counted, by = None, ""
+    packed = bool(config.get("quantization_config"))  # packed tensors: the closed form counts
+    if model_dir is not None and not packed:
+        counted, by = checkpoint_parameters(model_dir), "the safetensors headers"
+    elif repo_id is not None and not packed:
+        counted, by = hub_parameters(repo_id), "the hub's safetensors metadata"
+    if counted:
+        size.params, size.source = counted, f"{source} and {by}"
         size.weight_bytes = counted * min(DTYPE_BYTES.get(size.dtype, 2), 2)
     return size
 

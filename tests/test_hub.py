@@ -77,4 +77,4 @@ def test_an_answer_that_never_completes_is_cut_off_by_the_deadline(trickling_hub
     monkeypatch.setenv("HF_ENDPOINT", trickling_hub)
     start = time.monotonic()
     assert hub_reachable(timeout=1) is False
-    assert time.monotonic() - start < 4  # timeout + 1 s, not the 60 s the trickle would take
+    assert time.monotonic() - start < 5  # 2 × timeout + 1 s, not the 60 s the trickle would take

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psutil
 import pytest
 
-from ovr_core.model_shapes import QWEN2_5_VL_7B, shape_from_config
+from ovr_core.model_shapes import QWEN2_5_VL_7B, checkpoint_parameters, shape_from_config
 from ovr_serve import preflight as pf
 from ovr_serve.cli import main
 from ovr_serve.config import ServeConfig
@@ -216,15 +216,15 @@ class _Hub(BaseHTTPRequestHandler):
         data = self.files.get(name)
         if data is None:
             return self._send(404, "no such file")
-        start = (
-            int(self.headers["Range"].split("=")[1].split("-")[0]) if "Range" in self.headers else 0
-        )
-        self.send_response(206 if start else 200)
+        ranged = "Range" in self.headers
+        first, _, last = self.headers.get("Range", "bytes=0-").split("=")[1].partition("-")
+        start, end = int(first), min(int(last or len(data) - 1), len(data) - 1)
+        self.send_response(206 if ranged else 200)
         self.send_header("X-Repo-Commit", self.sha)
         self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
-        self.send_header("Content-Length", str(len(data) - start))
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(end + 1 - start))
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
         self.end_headers()
         if not body:
             return
@@ -235,7 +235,7 @@ class _Hub(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
             return
-        self.wfile.write(data[start:])
+        self.wfile.write(data[start : end + 1])
 
     def _send(self, status: int, text: str):
         self.send_response(status)
@@ -402,7 +402,10 @@ def test_a_hub_model_is_checked_then_fetched_through_the_bar_then_found_cached(
     assert first.returncode == 0, first.stderr
     total = sum(len(b) for b in _Hub.files.values())
     assert f"weights: {total / 1e9:.1f} GB to download from the hub" in first.stdout
-    assert not any(m == "GET" and n.endswith(".safetensors") for m, n, _ in _Hub.requests)
+    params = pf.count(checkpoint_parameters(tiny_model_path))  # from the hub's safetensors headers
+    assert f"{params} parameters" in first.stdout and "hub's safetensors metadata" in first.stdout
+    weights = [r for m, n, r in _Hub.requests if m == "GET" and n.endswith(".safetensors")]
+    assert weights and all(r and r.startswith("bytes=0-") for r in weights)  # headers only
     fetched = _ovr_serve(env, "--dry-run", *argv)
     assert fetched.returncode == 0, fetched.stderr
     (bar,) = [line for line in fetched.stderr.splitlines() if line.startswith("downloading")]
