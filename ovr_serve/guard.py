@@ -114,22 +114,22 @@ class RequestGuard:
                 client = self.slots.take(scope)
         except GuardError as err:
             return await refuse(scope, send, err)
-        try:
+        try:  # the slot comes back however the request ends
             if needs_body:
-                self.prompt_limit = self.prompt_limit or _prompt_limit(scope)
-                body = await read_body(receive, self.max_body)
-                if len(body) > _BIG_BODY:
-                    body = await asyncio.to_thread(self.check_json_body, body, scope["path"])
-                else:
-                    body = self.check_json_body(body, scope["path"])
-                receive = replay(body, receive)
-        except GuardError as err:
-            self.slots.give_back(client)
-            return await refuse(scope, send, err)
-        try:
+                try:
+                    receive = replay(await self._checked_body(scope, receive), receive)
+                except GuardError as err:
+                    return await refuse(scope, send, err)
             return await self.app(scope, receive, send)
         finally:
             self.slots.give_back(client)
+
+    async def _checked_body(self, scope, receive) -> bytes:
+        self.prompt_limit = self.prompt_limit or _prompt_limit(scope)
+        body = await read_body(receive, self.max_body)
+        if len(body) > _BIG_BODY:
+            return await asyncio.to_thread(self.check_json_body, body, scope["path"])
+        return self.check_json_body(body, scope["path"])
 
     def check_head(self, scope) -> bool:
         """Headers, Host and Origin, route and key, before any of the body is read; True when the

@@ -80,9 +80,9 @@ class HostRule:
                 "forbidden_host",
             )
         origin = headers.get(b"origin")
-        cross_site = headers.get(b"sec-fetch-site", b"").strip().lower() == b"cross-site"
-        if origin is None and not cross_site:
-            return False
+        fetch_site = headers.get(b"sec-fetch-site", b"").strip().lower()
+        if fetch_site == b"same-origin" or (origin is None and fetch_site != b"cross-site"):
+            return False  # the browser's own word (no page can forge it), or no browser at all
         text = origin.decode("latin-1") if origin is not None else "(a cross-site page)"
         if origin is None or not origin_allowed(text, host, self.origins, self.hosts):
             raise GuardError(

@@ -392,6 +392,16 @@ def test_cross_site_fetch_metadata_and_allowed_origins(monkeypatch):
     assert status_of(guard, (b"origin", b"https://app.example.com"), method="OPTIONS") == 403
 
 
+def test_behind_a_reverse_proxy_the_browsers_same_origin_word_is_enough(monkeypatch):
+    """nginx rewrites Host to the upstream address by default: the page's Origin is the public
+    one, and the browser's ``Sec-Fetch-Site: same-origin`` (no page can forge it) lets it in."""
+    guard = guard_with(monkeypatch, None)
+    public = (b"origin", b"https://ovr.example.com")
+    assert status_of(guard, public, (b"sec-fetch-site", b"same-origin")) == 200
+    assert status_of(guard, public) == 403
+    assert status_of(guard, public, (b"sec-fetch-site", b"same-site")) == 403
+
+
 def test_too_many_header_lines_are_refused_before_the_key(monkeypatch):
     guard = guard_with(monkeypatch, max_headers=20)
     many = [(b"x-h%d" % i, b"v") for i in range(21)]

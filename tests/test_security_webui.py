@@ -165,6 +165,41 @@ def test_extra_parameters_take_no_more_stop_strings_than_vllm():
 
 
 # --- the UI's HTTP rules: Host, Origin, upload caps, the login cookie --------------------------
+@pytest.mark.parametrize(
+    "login, headers, refused",
+    [
+        (False, {b"host": "127.0.0.1:7860"}, False),
+        (False, {b"host": "evil.example:7860"}, True),  # DNS rebinding
+        (True, {b"host": "evil.example:7860"}, False),  # a login: any name (reverse proxies)
+        (False, {b"host": "127.0.0.1:7860", b"origin": "http://evil.example"}, True),
+        (False, {b"host": "127.0.0.1:7860", b"origin": "null"}, True),
+        (False, {b"host": "127.0.0.1:7860", b"origin": "http://127.0.0.1:7860"}, False),
+        (False, {b"host": "127.0.0.1:7860", b"sec-fetch-site": "cross-site"}, True),
+        (False, {b"host": "127.0.0.1:7860", b"sec-fetch-site": "same-site"}, True),
+        (True, {b"host": "ovr.example", b"sec-fetch-site": "Cross-Site"}, True),
+        # behind a proxy that rewrites Host: the browser's same-origin word is enough
+        (
+            False,
+            {
+                b"host": "127.0.0.1:7860",
+                b"origin": "https://ovr.example",
+                b"sec-fetch-site": "same-origin",
+            },
+            False,
+        ),
+        (False, {b"host": "127.0.0.1:7860", b"content-length": str(2 << 20)}, True),
+    ],
+)
+def test_the_ui_rules_one_request_at_a_time(login, headers, refused):
+    from webui.security import UISecurity
+
+    listen = "0.0.0.0" if login else "127.0.0.1"  # a login is required beyond loopback
+    rules = UISecurity(None, listen_host=listen, has_login=login, max_body=1 << 20)
+    assert (rules.refusal("POST", headers) is not None) == refused, headers
+    opened = UISecurity(None, allowed_hosts=("evil.example",), allowed_origins=("null",))
+    assert opened.refusal("POST", {b"host": "evil.example", b"origin": "null"}) is None
+
+
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     """A real UI process (no model needed: nothing here chats), uploads capped at 1 MB, its

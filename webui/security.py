@@ -100,12 +100,13 @@ class UISecurity:
         if method not in _UNSAFE:
             return None
         origin = headers.get(b"origin")
-        cross_site = headers.get(b"sec-fetch-site", "").strip().lower() == "cross-site"
+        fetch_site = headers.get(b"sec-fetch-site", "").strip().lower()
         allowed = origin is not None and origin_allowed(origin, None, self.origins)
-        if cross_site and not allowed:
+        if fetch_site in ("cross-site", "same-site") and not allowed:
+            # the browser's own word (no page can forge it), behind a reverse proxy too
             return 403, "requests from other sites are refused: start the UI with --allowed-origins"
-        if self.check_host and origin is not None and not allowed:
-            if not origin_allowed(origin, host, self.origins):
+        if not fetch_site and self.check_host and origin is not None and not allowed:
+            if not origin_allowed(origin, host, self.origins):  # an older browser: its Origin
                 return 403, (
                     f"requests from pages of {origin!r} are refused: use the UI itself, or start"
                     " it with --allowed-origins"
