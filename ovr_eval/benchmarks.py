@@ -343,7 +343,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             "text",
             note="gated on the hub",
             official="simple-evals: the letter after 'Answer:' equal to the correct option's "
-            "letter, upper case (options shuffled per question); we read the letter in the box",
+            "letter, upper case (options shuffled per question); we read the box first, then the "
+            "'Answer:' line",
             source=SIMPLE_EVALS,
         ),
         Benchmark(
@@ -355,7 +356,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("question", "choices", "answer"),
             "text",
             official="simple-evals: the letter after 'Answer:' equal to the gold letter, upper "
-            "case; we read the letter (or the option's text) in the box",
+            "case; we read the letter (or the option's text) in the box, else the 'Answer:' line",
             source="https://github.com/openai/simple-evals/blob/main/mmlu_eval.py",
         ),
         Benchmark(
@@ -367,7 +368,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("question", "options", "answer"),
             "text",
             official="TIGER-Lab: 'answer is (X)', else 'Answer: X', else the last standalone "
-            "letter A-J, upper case; we read the letter (or the option's text) in the box",
+            "letter A-J, upper case; we read the box first, then those sentences (no lone letter)",
             source="https://github.com/TIGER-AI-Lab/MMLU-Pro/blob/main/evaluate_from_api.py",
         ),
         Benchmark(
@@ -416,7 +417,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             _paper(33.5),
             ("question", "ground_truth"),
             metric="worst",
-            official="floats within 0.001 of the truth (π read as pi), option letters exact, "
+            official="floats within 0.001 of the truth (π read as pi), option letters in either case, "
             "text answers must contain the truth; worst case: a seed question counts only when "
             "all 10 variants are right",
             source="https://github.com/DynaMath/DynaMath/blob/main/evaluation/opensource_json_eval.py",
@@ -443,7 +444,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("question", "answer"),
             note="hub layout unverified: prefer a local copy",
             official="an LLM extracts the chosen letter(s); right only when the set of letters "
-            'equals the answer\'s ("A, C" needs both and nothing else); we read the box',
+            'equals the answer\'s ("A, C" needs both and nothing else), either case; we read the box, '
+            "else an answer sentence",
             source="https://github.com/Yijia-Xiao/LogicVista",
         ),
         Benchmark(
@@ -454,8 +456,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             _paper(50.2),
             ("question", "options", "answer"),
             official="parse_multi_choice_response: the letter after 'Answer:', else '(X)', "
-            "'X ', 'X.', else an option's text, else a random letter; we read the box and never "
-            "guess",
+            "'X ', 'X.', else an option's text, else a random letter; we read the box, else an "
+            "answer sentence, and never guess",
             source="https://github.com/MMMU-Benchmark/MMMU/blob/main/mmmu-pro/evaluate.py",
         ),
         Benchmark(
