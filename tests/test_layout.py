@@ -15,6 +15,7 @@ as fixed: take it out.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,12 @@ def _import_graph(folders=PACKAGES, root: Path = ROOT) -> dict[str, set[str]]:
     return graph
 
 
+@functools.cache
+def _our_graph() -> dict[str, set[str]]:
+    """The import graph of our packages, read once per test session."""
+    return _import_graph()
+
+
 def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
     """The strongly connected components of more than one module (Tarjan), each sorted."""
     index, low, stack, on_stack, found = {}, {}, [], set(), []
@@ -144,7 +151,7 @@ def _unlisted(kind: str, offenders: list[str], scope: str = "") -> list[str]:
 @pytest.mark.parametrize("package", PACKAGES)
 def test_imports_flow_one_way(package):
     bad = []
-    for module, targets in _import_graph().items():
+    for module, targets in _our_graph().items():
         if module.split(".")[0] != package:
             continue
         for target in targets:
@@ -157,7 +164,7 @@ def test_imports_flow_one_way(package):
 
 
 def test_no_two_modules_import_each_other():
-    circles = [" <-> ".join(c) for c in _circles(_import_graph())]
+    circles = [" <-> ".join(c) for c in _circles(_our_graph())]
     unlisted = _unlisted("circles", circles)
     assert not unlisted, (
         f"import circles (an import inside a function counts): {unlisted}; move what both need"
