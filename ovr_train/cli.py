@@ -25,7 +25,7 @@ COMMANDS = {
         "vLLM servers for server-mode RL rollouts, one per GPU: ovr-train rollout-servers --model M",
     ),
     "plan": (
-        "ovr_train.plan.plan:cli",
+        "ovr_train.plan.command:cli",
         "memory per GPU and time per step of a recipe, before a GPU hour: ovr-train plan --config RECIPE",
     ),
     "average": (

@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ovr_train.plan.plan import (
-    QWEN2_5_VL_7B,
-    Hardware,
-    cli,
-    model_shape,
-    plan_recipe,
-    recipe_settings,
-)
+from ovr_core.model_shapes import QWEN2_5_VL_7B, model_shape
+from ovr_train.plan import Hardware, cli, plan_recipe, recipe_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SFT_7B = str(ROOT / "recipes" / "ovr-7b-coldstart.yaml")
@@ -158,7 +152,7 @@ def test_tiny_recipes_have_nothing_to_plan(capsys):
 def test_plan_is_an_ovr_train_command():
     from ovr_train.cli import COMMANDS
 
-    assert COMMANDS["plan"][0] == "ovr_train.plan.plan:cli"
+    assert COMMANDS["plan"][0] == "ovr_train.plan.command:cli"
 
 
 def test_gpu_check_script_parses_and_its_python_runs_in_smoke_mode(tmp_path):
@@ -191,7 +185,7 @@ def test_training_checks_the_same_settings_the_cli_plans(stage, recipe, monkeypa
     pytest.importorskip("deepspeed")
     import transformers.training_args
 
-    from ovr_train.plan.plan import check_before_training, normalise, settings_of
+    from ovr_train.plan.command import check_before_training, normalise, settings_of
 
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
     if stage == "sft":
@@ -218,8 +212,8 @@ def test_layer_activation_formula_matches_what_autograd_saves():
 
     import torch
 
-    from ovr_train.plan.plan import activation_bytes
     from ovr_train.plan.gpu_check import SMOKE_SHAPE, build_model
+    from ovr_train.plan.plan import activation_bytes
 
     tokens = 512
     shape = dataclasses.replace(

@@ -182,17 +182,9 @@ def test_output_checkpoint_is_served_by_ovr_serve(tiny_run, tmp_path):
 def test_resume_after_kill_continues_at_the_checkpoint_step_with_the_same_data(tmp_path):
     """SIGKILL at step 8 (last checkpoint: 6); --resume must reproduce the uninterrupted run's losses."""
     killed = tmp_path / "killed"
-    driver = (
-        "import os, signal, sys\n"
-        "from transformers import TrainerCallback\n"
-        "from ovr_train.sft import main, parse_args\n"
-        "class Kill(TrainerCallback):\n"
-        "    def on_step_end(self, args, state, control, **kw):\n"
-        "        if state.global_step == 8: os.kill(os.getpid(), signal.SIGKILL)\n"
-        "main(*parse_args(sys.argv[1:]), callbacks=[Kill()])\n"
-    )
     run = subprocess.run(
-        [sys.executable, "-c", driver, "--config", TINY, *SHORT, f"output_dir={killed}"],
+        [sys.executable, "-m", "tests.helpers.train_driver", "--stage", "sft", "--kill-at", "8"]
+        + ["--config", TINY, *SHORT, f"output_dir={killed}"],
         capture_output=True,
         text=True,
         timeout=600,

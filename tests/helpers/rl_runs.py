@@ -26,11 +26,11 @@ def seed_overrides(data: bool = True) -> list[str]:
 
 def killed_and_resumed(args: list[str], out: Path, save_every: int, timeout: int, extra=()) -> None:
     """``ovr-train rl ARGS`` SIGKILLed at step ``KILL_AT``, then resumed with ``--resume`` to the end,
-    each in its own process (tests/helpers/rl_driver.py; one vLLM engine at a time)."""
+    each in its own process (tests/helpers/train_driver.py; one vLLM engine at a time)."""
     from ovr_train.checkpoints import last_complete_checkpoint
 
     env = {**os.environ, "OVR_CACHE": str(ROOT / ".cache"), SEED_ENV: str(SEED)}
-    driver = [sys.executable, "-m", "tests.helpers.rl_driver", *extra]
+    driver = [sys.executable, "-m", "tests.helpers.train_driver", *extra]
     killed = subprocess.run(
         [*driver, "--kill-at", str(KILL_AT), *args], env=env, timeout=timeout, cwd=ROOT
     )

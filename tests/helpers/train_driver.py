@@ -1,5 +1,5 @@
-"""``ovr-train rl`` for the tests: ``python -m tests.helpers.rl_driver [--kill-at N]
-[--write-restored-critic PATH] RL-ARGS...``.
+"""A training stage for the tests: ``python -m tests.helpers.train_driver [--stage sft|rl]
+[--kill-at N] [--write-restored-critic PATH] ARGS...`` (default stage: rl).
 
 ``--kill-at N`` SIGKILLs the run at the end of step N (a crash that leaves no chance to clean up);
 ``--write-restored-critic PATH`` writes the critic's weights right after ``--resume`` restored them,
@@ -15,6 +15,7 @@ import sys
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--stage", choices=["sft", "rl"], default="rl")
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--write-restored-critic")
     ours, rest = parser.parse_known_args(argv)
@@ -22,15 +23,19 @@ def main(argv: list[str]) -> None:
         _write_critic_after_restore(ours.write_restored_critic)
     from transformers import TrainerCallback
 
-    from ovr_train.rl.train import main as rl_main
-    from ovr_train.rl.train import parse_args
+    if ours.stage == "sft":
+        from ovr_train.sft import main as stage_main
+        from ovr_train.sft import parse_args
+    else:
+        from ovr_train.rl.train import main as stage_main
+        from ovr_train.rl.train import parse_args
 
     class Kill(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == ours.kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    rl_main(*parse_args(rest), callbacks=[Kill()] if ours.kill_at else None)
+    stage_main(*parse_args(rest), callbacks=[Kill()] if ours.kill_at else None)
 
 
 def _write_critic_after_restore(path: str) -> None:
