@@ -135,6 +135,13 @@ class RLScriptArguments:
     vllm_cpu_kvcache_gib: int = field(
         default=1, metadata={"help": "vLLM KV cache on CPU, GiB (VLLM_CPU_KVCACHE_SPACE); CPU only"}
     )
+    max_pixels: int | None = field(
+        default=None,
+        metadata={
+            "help": "Qwen2.5-VL processor max_pixels for the rollouts: larger images are resized "
+            "down to it (ovr-serve's default is 1280 x 28 x 28); null keeps the checkpoint's"
+        },
+    )
 
 
 @dataclass

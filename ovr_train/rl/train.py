@@ -88,7 +88,10 @@ def main(
 
     # model: Qwen2.5-VL, vision tower + projector frozen by default
     model = load_policy(model_args, script_args.freeze_vision, logger)
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, padding_side="left")
+    cap = {"max_pixels": script_args.max_pixels} if script_args.max_pixels else {}
+    processor = AutoProcessor.from_pretrained(
+        model_args.model_name_or_path, padding_side="left", **cap
+    )
 
     # rewards: registry functions, truncated completions scored as the recipe says
     tokenizer = processor.tokenizer
