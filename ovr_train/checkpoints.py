@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -21,12 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ovr_train.curves import TrainingCurves
-from ovr_train.recipe import save_resolved_config
 
 CHECKPOINT_PREFIX = "checkpoint-"  # transformers' PREFIX_CHECKPOINT_DIR
 STAGING_PREFIX = ".staging-"  # not matched by transformers' ^checkpoint-\d+$ (get_last_checkpoint)
 FINAL_STAGING = ".staging-final"
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")  # Qwen2.5's end of turn and end of text
+RESOLVED_CONFIG = "ovr_train_config.json"  # the run's whole configuration, beside each checkpoint
 
 
 @contextmanager
@@ -225,3 +226,10 @@ def save_serving_files(processor, directory: str | os.PathLike) -> None:
     generation.eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in END_TOKENS]
     generation.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     generation.save_pretrained(directory)
+
+
+def save_resolved_config(directory: str | os.PathLike, resolved: dict) -> Path:
+    """Write the resolved configuration beside a checkpoint, so the run can be reproduced from it."""
+    path = Path(directory) / RESOLVED_CONFIG
+    path.write_text(json.dumps(resolved, indent=2, sort_keys=True))
+    return path

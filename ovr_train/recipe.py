@@ -10,12 +10,10 @@ import json
 import logging
 import os
 from dataclasses import asdict, is_dataclass
-from pathlib import Path
 
 from ovr_train.configs import TINY_COLDSTARTED, TINY_RANDOM
 
 logger = logging.getLogger("ovr_train.recipe")
-RESOLVED_CONFIG = "ovr_train_config.json"
 
 
 def parse_recipe_args(types: tuple, argv: list[str], prog: str) -> tuple:
@@ -76,13 +74,6 @@ def render_config(resolved: dict) -> str:
     import yaml
 
     return yaml.safe_dump(resolved, sort_keys=False, width=120)
-
-
-def save_resolved_config(directory: str | os.PathLike, resolved: dict) -> Path:
-    """Write the resolved configuration beside a checkpoint, so the run can be reproduced from it."""
-    path = Path(directory) / RESOLVED_CONFIG
-    path.write_text(json.dumps(resolved, indent=2, sort_keys=True))
-    return path
 
 
 def resolve_model(name: str) -> str:

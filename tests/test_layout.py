@@ -43,11 +43,7 @@ KNOWN_OFFENDERS: dict[str, set[str]] = {
     "functions": {
         "webui/settings.py::parse_settings",  # UI settings parsed as ServeConfig is (issue 21)
     },
-    "circles": {
-        # ovr_train's restructuring in progress (issue 21): checkpoints saves the resolved recipe,
-        # the recipe builds the tiny model, the tiny model writes through checkpoints.atomic_dir
-        "ovr_train.checkpoints <-> ovr_train.recipe <-> ovr_train.tiny_model",
-    },
+    "circles": set(),
 }
 
 

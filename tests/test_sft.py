@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ovr_train.checkpoints import last_complete_checkpoint
+from ovr_train.checkpoints import RESOLVED_CONFIG, last_complete_checkpoint
 from ovr_train.curves import CURVES_PNG
-from ovr_train.recipe import RESOLVED_CONFIG
 from ovr_train.sft import main, parse_args
 from tests.helpers.rl_runs import SEED, record_figures, seed_overrides
 
