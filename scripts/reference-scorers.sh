@@ -30,7 +30,7 @@ rm -rf "$REF"
 # pip warns about every lmms-eval requirement left out on purpose: keep only real errors
 pip() { "$REF/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v -e "^WARNING: Location" -e "requires .*, which is not installed" -e "dependency resolver" -e "incompatible" || true; }
 pip --no-deps "lmms-eval==$LMMS_EVAL"
-pip "math-verify==$MV" loguru pyyaml pandas numpy openai datasets evaluate tqdm
+pip "math-verify==$MV" loguru pyyaml pandas numpy openai datasets tqdm
 pip --target "$REF/latex2sympy2" "latex2sympy2==1.9.1"
 "$REF/bin/python" -c "import lmms_eval, math_verify, datasets, loguru" \
   || die "the reference venv does not import (see pip's errors above); delete $REF and re-run"

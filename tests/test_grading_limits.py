@@ -64,7 +64,8 @@ def test_the_pre_check_takes_microseconds_and_no_worker():
     verdicts = [quick_verdict(c) for c in completions]
     per_answer = (time.perf_counter() - start) / len(completions)
     assert {v.status for v in verdicts} == {"refused"}
-    assert per_answer < 0.01, per_answer  # generous bound: it is ~100 µs for a 60k box
+    # generous bound: ~100 µs for a 60k box on a quiet machine, ~3 ms at a load average of 15
+    assert per_answer < 0.05, per_answer
     grader = Grader(workers=1, timeout=1.0)
     try:
         out = grader.grade_many(completions, ["3"] * len(completions))
