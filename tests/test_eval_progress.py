@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 
 from ovr_eval.progress import BenchProgress
+from tests.helpers.terminal import read_pty, shown_lines
 
 
 def test_the_line_counts_answers_and_a_logged_warning_lands_above_it(monkeypatch):
@@ -26,12 +26,7 @@ def test_the_line_counts_answers_and_a_logged_warning_lands_above_it(monkeypatch
     finally:
         logging.getLogger().removeHandler(handler)
         tty.close()
-    os.set_blocking(reader, False)
-    raw = os.read(reader, 1 << 16).decode()
-    os.close(reader)
-    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)
-    screen = [p.split("\r")[-1].rstrip() for p in plain.replace("\r\n", "\n").split("\n")]
-    shown = [line for line in screen if line.strip()]
+    shown = shown_lines(read_pty(reader))
     assert shown[0] == "math500 q3: request failed: timeout", shown  # above the line, whole
     assert len(shown) == 2 and shown[1].startswith("math500 "), shown
     assert " 3/4 acc 66.7%, 1 failed " in shown[1] and "ETA" in shown[1]

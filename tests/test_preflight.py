@@ -23,6 +23,7 @@ from ovr_serve.config import ServeConfig
 from ovr_serve.device import Device, cuda_mismatch, gpu_device
 from ovr_serve.progress import fetch_weights, phase_of
 from tests.conftest import free_port
+from tests.helpers.terminal import read_pty, shown_lines
 
 # config.json of Qwen/Qwen2.5-VL-7B-Instruct as published on the hub (what OVR-7B-* are).
 QWEN2_5_VL_7B_CONFIG = {
@@ -306,14 +307,10 @@ def test_the_download_line_logs_plainly_off_a_terminal_and_redraws_in_place_on_o
         line.advance(1000)
         threading.Event().wait(0.05)  # two samples apart in time: a speed to show
         line.advance(1000)
-    os.set_blocking(reader, False)
-    raw = os.read(reader, 1 << 16).decode()
-    os.close(reader)
-    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)
-    screen = [part.split("\r")[-1] for part in plain.replace("\r\n", "\n").split("\n")]
-    (shown,) = [line for line in screen if line.strip()]
+    raw = read_pty(reader)
+    (shown,) = shown_lines(raw)
     assert shown.startswith("downloading org/model: 2.0/2.0 kB (100%) ") and "B/s" in shown
-    assert shown.endswith("ETA 0:00:00") and "\r" in plain  # redrawn in place
+    assert shown.endswith("ETA 0:00:00") and "\r" in raw  # redrawn in place
 
 
 # --- vLLM's log lines as start-up phases ------------------------------------------------------------
