@@ -29,6 +29,9 @@ import pytest
 from ovr_core.grading import grade_completion
 from tests.helpers.grading_variants import ROWS, Variant, variants
 
+# minutes, not seconds: a venv built on first use, then ~20,000 answers graded twice
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 REF = ROOT / ".cache" / "refvenv"
 DOC = ROOT / "docs" / "grading.md"
