@@ -56,6 +56,10 @@ REFUSALS = [
         id="colocated-KV-too-small",
     ),
     pytest.param(RL_7B, ["log_completions=true"], "log_completions=false", id="log-completions"),
+    pytest.param(RL_7B, ["ddp_timeout=1800"], "ddp_timeout=32400", id="collective-timeout"),
+    pytest.param(
+        RL_7B, ["vllm_max_model_length=50000"], "vllm_max_model_length=51200", id="prompt-budget"
+    ),
     pytest.param(
         SFT_7B,
         ["per_device_train_batch_size=2", "use_liger_kernel=false"],
@@ -250,7 +254,8 @@ RL_PPO_7B = str(ROOT / "recipes" / "ovr-7b-rl-ppo.yaml")
 
 
 def test_the_ppo_recipe_counts_its_critic_and_fits():
-    grpo, ppo = _plan("rl", RL_7B), _plan("rl", RL_PPO_7B)
+    # the PPO recipe caps images lower (its pixel_values sit beside the critic): compare like with like
+    grpo, ppo = _plan("rl", RL_7B, "max_pixels=313600"), _plan("rl", RL_PPO_7B)
     critic = ppo.memory["critic model states (PPO)"]
     # a second 7B backbone (no LM head, vision tower trained) under ZeRO-3 over 8 GPUs: 18 B/param
     assert 16 * 2**30 < critic < 20 * 2**30

@@ -26,6 +26,12 @@ from ovr_core.model_shapes import (  # noqa: F401 - QWEN2_5_VL_7B/ModelShape are
     ModelShape,
     model_shape,
 )
+from ovr_train.plan.rollout_terms import (
+    check_collective_timeout,
+    check_prompt_budget,
+    rollout_buffer_bytes,
+    rollouts_per_update,
+)
 
 GiB = 1024**3
 HEADROOM = 0.92  # share of the card a plan may fill: CUDA context, NCCL buffers, fragmentation
@@ -125,7 +131,10 @@ def plan_recipe(
     plan.memory.update(activation_bytes(shape, settings, tokens))
     plan.memory.update(loss_bytes(shape, stage, settings, tokens))
     if stage == "rl":
+        plan.memory.update(rollout_buffer_bytes(shape, settings, hardware, prompt_tokens))
         check_rollouts(plan, shape, settings, hardware, prompt_tokens)
+        check_collective_timeout(plan, settings)
+        check_prompt_budget(plan, shape, settings, prompt_tokens)
         if settings.get("algorithm") == "ppo":
             plan.memory.update(critic_bytes(shape, settings, hardware, zero, seq))
             critic = plan.memory["(critic activations, while the critic trains)"]
@@ -335,17 +344,6 @@ def decode_seconds(shape, hw, rollouts, seq_tokens, share, concurrent=None, gpus
     return waves * seq_tokens * step
 
 
-def rollouts_per_update(settings: dict, hw: Hardware) -> int:
-    """Traces per policy update: the recipe's ``rollouts_per_update``, else TRL's batch formula."""
-    if settings.get("rollouts_per_update"):
-        return int(settings["rollouts_per_update"])
-    return (
-        settings["per_device_train_batch_size"]
-        * hw.gpus
-        * settings.get("gradient_accumulation_steps", 1)
-    )
-
-
 def fits_in_memory(plan: Plan, stage: str, settings: dict, hw: Hardware, tokens: int) -> None:
     """Refuse a peak above the usable share of the card, naming the largest fixable part."""
     usable = HEADROOM * hw.gpu_mem_gb * 1e9
@@ -364,7 +362,9 @@ def fits_in_memory(plan: Plan, stage: str, settings: dict, hw: Hardware, tokens:
         return
     over = f"{peak / GiB:.1f} GiB per GPU > {usable / GiB:.1f} GiB usable"
     biggest = max(training, key=training.get)
-    if settings["per_device_train_batch_size"] > 1 and not biggest.startswith("model states"):
+    if biggest.startswith("rollout buffers: pixel_values"):
+        fix = f"{biggest}; set max_pixels=1003520 (1280 x 28 x 28) or lower"
+    elif settings["per_device_train_batch_size"] > 1 and not biggest.startswith("model states"):
         fix = (
             f"{biggest} at {tokens} tokens per micro-batch; set per_device_train_batch_size=1 "
             + ("(rollouts_per_update keeps the batch)" if stage == "rl" else "(traces_per_update keeps the batch)")
@@ -389,7 +389,8 @@ def update_time(stage: str, shape: ModelShape, settings: dict, hw: Hardware, seq
     activation recomputation (one more forward; Korthikanti et al. 2022); attention adds
     12 x layers x hidden x context per token forward+backward (Narayanan et al. 2021, eq. 3's
     attention term), causal so context = seq / 2. RL adds one no-grad forward (2 x params) for the
-    old / sampling log-probabilities (TRL's importance-sampling correction).
+    old / sampling log-probabilities (TRL's importance-sampling correction); PPO adds its
+    critic's passes (`critic_flops_per_token`).
     """
     gpus = hw.gpus
     if stage == "sft" and settings.get("traces_per_update"):
@@ -408,5 +409,21 @@ def update_time(stage: str, shape: ModelShape, settings: dict, hw: Hardware, seq
     attention = 12 * shape.layers * shape.hidden * (seq / 2)
     attention *= 4 / 3 if settings.get("gradient_checkpointing") else 1
     extra = 2 * params + 4 * shape.layers * shape.hidden * (seq / 2) if stage == "rl" else 0
+    if stage == "rl" and settings.get("algorithm") == "ppo":
+        extra += critic_flops_per_token(shape, settings, seq)
     flops = tokens * (dense + attention + extra)
     return tokens, flops / (gpus * hw.peak_tflops * 1e12 * hw.mfu)
+
+
+def critic_flops_per_token(shape: ModelShape, settings: dict, seq: int) -> float:
+    """PPO's critic per rollout token: one no-grad forward for the old values, then
+    ``critic_steps_per_batch`` forward + backward passes, each over the whole batch as
+    ``ovr_train.rl.critic.Critic.train_on`` runs them, with the policy's recomputation (the critic
+    checkpoints when the policy does). Its backbone is the policy's decoder without the LM head;
+    the same per-token terms as the policy's (Kaplan et al. 2020; Narayanan et al. 2021)."""
+    params = shape.layers * shape.decoder_layer_params  # the matmuls: no LM head, no lookup
+    recompute = bool(settings.get("gradient_checkpointing"))
+    attention_fwd = 4 * shape.layers * shape.hidden * (seq / 2)
+    forward = 2 * params + attention_fwd
+    train = (8 if recompute else 6) * params + attention_fwd * (4 if recompute else 3)
+    return forward + int(settings.get("critic_steps_per_batch", 1)) * train

@@ -1,0 +1,118 @@
+"""Issue 23: what would stop the 7B runs in their first hour on 8 x H100, each held on this CPU
+against the real libraries where the mechanism runs here, and by a plan refusal where only a GPU
+would show it: the collective timeout of a rollout round, the GPU kernels, the critic's FLOPs,
+images and rollout buffers, the vision tower under ZeRO-3."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ovr_core.model_shapes import QWEN2_5_VL_7B
+from ovr_core.ports import free_port_near
+from ovr_train.plan import Hardware, plan_recipe, recipe_settings
+from ovr_train.plan.rollout_terms import image_tokens
+
+ROOT = Path(__file__).resolve().parent.parent
+RL_7B = str(ROOT / "recipes" / "ovr-7b-rl.yaml")
+RL_PPO_7B = str(ROOT / "recipes" / "ovr-7b-rl-ppo.yaml")
+H100_NODE = Hardware(gpus_per_node=8, gpu_mem_gb=80, nodes=1)
+
+
+def _plan(recipe, *overrides, hardware=H100_NODE):
+    return plan_recipe("rl", recipe_settings("rl", recipe, list(overrides)), hardware)
+
+
+# -- 1. the collective timeout outlasts a rollout round
+
+
+@pytest.mark.parametrize("recipe", [RL_7B, RL_PPO_7B])
+def test_the_7b_recipes_timeout_outlasts_twice_the_plans_rollout_round(recipe):
+    plan = _plan(recipe)
+    settings = recipe_settings("rl", recipe, [])
+    assert plan.problems == []
+    assert settings["ddp_timeout"] >= 2 * plan.generation_seconds > 1800  # 1800: TRL's default
+
+
+def test_transformers_default_timeout_is_refused_in_server_mode_with_the_value_to_set():
+    plan = _plan(RL_7B, "ddp_timeout=1800")
+    assert len(plan.problems) == 1 and "set ddp_timeout=32400" in plan.problems[0]
+    # colocated rollouts: every rank generates its own share, nobody waits on rank 0's HTTP
+    colocated = _plan(RL_7B, "ddp_timeout=1800", "vllm_mode=colocate")
+    assert not any("ddp_timeout" in p for p in colocated.problems)
+
+
+def test_the_recipes_ddp_timeout_is_the_timeout_of_deepspeeds_process_group():
+    """The recipe's value reaches the real process group: `ovr-train rl`'s parser, transformers'
+    TrainingArguments, accelerate and DeepSpeed's init_distributed (gloo on this CPU), in a world
+    of one process."""
+    env = {
+        **os.environ,
+        "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port_near("127.0.0.1", 29500)),
+    }  # fmt: skip
+    probe = ROOT / "tests" / "helpers" / "ddp_timeout_probe.py"
+    out = subprocess.run(
+        [sys.executable, str(probe), RL_7B], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "timeout 36000 backend gloo" in out.stdout, out.stdout
+
+
+# -- 3. PPO's update time counts the critic
+
+
+def test_ppo_update_time_adds_the_critics_passes():
+    """The critic's old-value forward plus critic_steps_per_batch forward + backward passes over
+    the whole batch (ovr_train.rl.critic's loop as it stands): PPO's update is slower than
+    GRPO's, and each further critic pass adds the same time."""
+    grpo = _plan(RL_7B)
+    one, four = (_plan(RL_PPO_7B, f"critic_steps_per_batch={n}") for n in (1, 4))
+    assert grpo.tokens_per_update == four.tokens_per_update
+    assert grpo.step_seconds < one.step_seconds < four.step_seconds
+    per_pass = (four.step_seconds - one.step_seconds) / 3
+    # a pass is a forward + backward with recomputation (8 x backbone params per token) at 35% MFU
+    backbone = QWEN2_5_VL_7B.layers * QWEN2_5_VL_7B.decoder_layer_params
+    dense = four.tokens_per_update * 8 * backbone / (8 * 989e12 * 0.35)
+    # plus causal attention at 51k tokens: 16 x layers x hidden x seq / 2 = ~0.8 x the dense term
+    assert 1.7 * dense < per_pass < 1.9 * dense
+
+
+# -- 5. images capped and counted, prompts within the stage's budget
+
+
+def test_the_plans_pixel_buffer_is_what_the_real_processor_makes_at_max_pixels():
+    """Qwen2.5-VL's own image processor, capped at the GRPO recipe's max_pixels, turns the
+    largest image it lets through (896 x 1120: exactly 1280 x 28 x 28 pixels) into the
+    pixel_values the plan counts per rollout (bf16 under DeepSpeed), and into the prompt tokens
+    the budget check counts; a larger image is resized to no more."""
+    from PIL import Image
+    from transformers import Qwen2VLImageProcessor
+
+    settings = recipe_settings("rl", RL_7B, [])
+    processor = Qwen2VLImageProcessor(max_pixels=settings["max_pixels"])
+    out = processor(images=[Image.new("RGB", (896, 1120))], return_tensors="pt")
+    per_image = out["pixel_values"].numel() * 2
+    big = processor(images=[Image.new("RGB", (4000, 3000))], return_tensors="pt")
+    assert big["pixel_values"].numel() <= out["pixel_values"].numel()
+    plan = _plan(RL_7B)
+    (label,) = [k for k in plan.memory if k.startswith("rollout buffers: pixel_values")]
+    rows = 8192 // 8
+    assert plan.memory[label] == rows * per_image
+    merged = int(out["image_grid_thw"].prod()) // 4  # 2 x 2 patches per prompt token
+    assert merged == image_tokens(QWEN2_5_VL_7B, settings["max_pixels"]) == 1280
+
+
+def test_an_uncapped_image_is_refused_with_the_cap_to_set():
+    plan = _plan(RL_7B, "max_pixels=null")
+    assert plan.problems and all("max_pixels=" in p for p in plan.problems)
+    assert any("pixel_values" in p for p in plan.problems)  # 1024 x 12.8 MP per GPU: far over
+
+
+def test_a_stage_leaving_too_few_prompt_tokens_is_refused():
+    plan = _plan(RL_7B, "vllm_max_model_length=50000")  # 848 tokens beside 48k completions
+    assert len(plan.problems) == 1 and "vllm_max_model_length=51200" in plan.problems[0]
