@@ -53,6 +53,14 @@ if [[ ! -f "$STAMP" ]]; then
   # the installed torch (an isolated build would fetch a CUDA torch), JIT ops only.
   say "installing deepspeed"
   DS_BUILD_OPS=0 "$PY" -m pip install -q --no-build-isolation "deepspeed>=0.17"
+  if [[ $DEVICE == gpu ]]; then
+    # flash-attn (the 7B recipes' attn_implementation) compiles against the installed CUDA torch, so
+    # no isolated build (it would fetch another torch); its setup takes a prebuilt wheel when one
+    # matches torch, CUDA and Python, else compiles (long; MAX_JOBS bounds the build's memory).
+    say "installing flash-attn (built against the installed torch)"
+    "$PY" -m pip install -q packaging ninja
+    MAX_JOBS="${MAX_JOBS:-8}" "$PY" -m pip install -q --no-build-isolation -e ".[flash]"
+  fi
   if [[ $DEVICE == cpu ]]; then
     # PyPI's torchaudio/torchcodec are CUDA builds; beside torch+cpu they break `import transformers`
     # (`Could not load this library: …_torchaudio.abi3.so`). Nothing in ovr needs them.
