@@ -1,6 +1,9 @@
-"""The policy to train: Qwen2.5-VL in the recipe's dtype and attention, vision tower frozen or not."""
+"""The policy to train: Qwen2.5-VL in the recipe's dtype and attention, vision tower frozen or not,
+after a pre-flight of the GPU kernels the recipe names."""
 
 from __future__ import annotations
+
+INSTALL = "run scripts/setup.sh on the GPU machine"
 
 
 def load_policy(model_args, freeze_vision_tower: bool, log):
@@ -8,6 +11,7 @@ def load_policy(model_args, freeze_vision_tower: bool, log):
     frozen when asked (the cold start's text-only data never reaches them)."""
     from transformers import AutoModelForImageTextToText
 
+    check_kernels(model_args.attn_implementation)  # before a byte of the checkpoint is read
     model = AutoModelForImageTextToText.from_pretrained(
         model_args.model_name_or_path,
         dtype=torch_dtype(model_args.dtype),
@@ -37,3 +41,27 @@ def freeze_vision(model) -> int:
         param.requires_grad_(False)
         frozen += param.numel()
     return frozen
+
+
+def check_kernels(attn_implementation: str | None, use_liger_kernel: bool = False) -> None:
+    """Refuse, in one line and before anything loads, a recipe whose kernels this machine lacks:
+    flash-attn for ``attn_implementation=flash_attention_2`` (transformers 5.19 raises only once
+    the model is being built, naming neither the install nor the alternative) and liger-kernel for
+    ``use_liger_kernel`` (transformers' Trainer raises after the weights are loaded). Availability
+    is transformers' own test (flash-attn >= 2.3.3 on a CUDA device; liger-kernel importable)."""
+    from transformers.utils import is_flash_attn_2_available, is_liger_kernel_available
+
+    missing = []
+    if attn_implementation == "flash_attention_2" and not is_flash_attn_2_available():
+        missing.append(
+            "attn_implementation=flash_attention_2 needs flash-attn on a CUDA GPU "
+            f"({INSTALL}: pip install flash-attn --no-build-isolation), "
+            "or set attn_implementation=sdpa"
+        )
+    if use_liger_kernel and not is_liger_kernel_available():
+        missing.append(
+            f"use_liger_kernel=true needs liger-kernel ({INSTALL}: pip install -e '.[gpu]'), "
+            "or set use_liger_kernel=false"
+        )
+    if missing:
+        raise SystemExit("ovr-train: " + "; ".join(missing))

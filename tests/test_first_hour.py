@@ -6,6 +6,7 @@ images and rollout buffers, the vision tower under ZeRO-3."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,65 @@ def test_an_uncapped_image_is_refused_with_the_cap_to_set():
 def test_a_stage_leaving_too_few_prompt_tokens_is_refused():
     plan = _plan(RL_7B, "vllm_max_model_length=50000")  # 848 tokens beside 48k completions
     assert len(plan.problems) == 1 and "vllm_max_model_length=51200" in plan.problems[0]
+
+
+# -- 2. the GPU kernels the recipes name: installed on GPU machines, said in one line where missing
+
+
+def test_flash_attention_is_refused_before_the_checkpoint_is_opened_where_it_is_missing(
+    tiny_model_path,
+):
+    """transformers itself raises only while building the model, and names neither the install
+    nor the alternative; the pre-flight says both in one line before the checkpoint is read (a
+    path that does not exist is never reached)."""
+    from transformers import AutoModelForImageTextToText
+    from transformers.utils import is_flash_attn_2_available
+    from trl import ModelConfig
+
+    from ovr_train.models import load_policy
+
+    if is_flash_attn_2_available():
+        pytest.skip("flash-attn works on this machine: nothing is missing")
+    with pytest.raises(ImportError, match="FlashAttention2"):  # what the pre-flight pre-empts
+        AutoModelForImageTextToText.from_pretrained(
+            str(tiny_model_path), attn_implementation="flash_attention_2"
+        )
+    args = ModelConfig(model_name_or_path="/nonexistent", attn_implementation="flash_attention_2")
+    with pytest.raises(SystemExit) as refused:
+        load_policy(args, freeze_vision_tower=True, log=None)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "pip install flash-attn --no-build-isolation" in message
+    assert "attn_implementation=sdpa" in message and "scripts/setup.sh" in message
+
+
+def test_liger_is_refused_in_the_same_line_where_it_is_missing():
+    from transformers.utils import is_flash_attn_2_available, is_liger_kernel_available
+
+    from ovr_train.models import check_kernels
+
+    check_kernels("sdpa", use_liger_kernel=False)  # what the CPU recipes ask: nothing to refuse
+    if is_liger_kernel_available() and is_flash_attn_2_available():
+        check_kernels("flash_attention_2", use_liger_kernel=True)
+        return
+    with pytest.raises(SystemExit) as refused:
+        check_kernels("flash_attention_2", use_liger_kernel=True)
+    message = str(refused.value)
+    assert "\n" not in message
+    if not is_liger_kernel_available():
+        assert "use_liger_kernel=false" in message and "liger-kernel" in message
+
+
+def test_the_gpu_set_up_installs_the_kernels_the_recipes_name():
+    """scripts/setup.sh on a GPU machine: liger-kernel through the gpu extra, flash-attn built
+    against the installed torch (--no-build-isolation), as DeepSpeed is."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert any(req.startswith("liger-kernel") for req in extras["gpu"])
+    assert extras["flash"] == ["flash-attn>=2.7"]
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    gpu_branch = re.search(r"if \[\[ \$DEVICE == gpu \]\]; then\n(.*?)\n  fi\n", setup, re.S)
+    assert gpu_branch and '--no-build-isolation -e ".[flash]"' in gpu_branch.group(1)

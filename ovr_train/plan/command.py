@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ovr_core.model_shapes import TINY_MODELS
 from ovr_train.configs import CriticArguments, RLScriptArguments, SFTScriptArguments
+from ovr_train.models import check_kernels
 from ovr_train.plan.plan import H100_BF16_TFLOPS, Hardware, plan_recipe
 from ovr_train.recipe import parse_length_curriculum
 
@@ -69,13 +70,15 @@ def check_before_training(stage: str, *configs) -> None:
     """Refuse, before loading anything, a run the plan says will not fit on this machine's GPUs.
     ``configs``: what the stage's ``parse_args`` returned (None entries are skipped).
 
-    Skipped on CPU and for the tiny test models (nothing to plan there).
+    The GPU kernels the recipe names are checked first, everywhere (`check_kernels`); the plan is
+    skipped on CPU and for the tiny test models (nothing to plan there).
     """
     import torch
 
     configs = tuple(c for c in configs if c is not None)
     training_args = next(c for c in configs if hasattr(c, "world_size"))
     model_args = next(c for c in configs if hasattr(c, "model_name_or_path"))
+    check_kernels(model_args.attn_implementation, training_args.use_liger_kernel)
     name = model_args.model_name_or_path
     if not torch.cuda.is_available() or name in TINY_MODELS:
         return
