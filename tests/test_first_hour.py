@@ -179,3 +179,86 @@ def test_the_gpu_set_up_installs_the_kernels_the_recipes_name():
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     gpu_branch = re.search(r"if \[\[ \$DEVICE == gpu \]\]; then\n(.*?)\n  fi\n", setup, re.S)
     assert gpu_branch and '--no-build-isolation -e ".[flash]"' in gpu_branch.group(1)
+
+
+# -- 6. every rank runs the vision tower in every forward (ZeRO-3 gathers stay in step)
+
+
+def _tiny_policy(path, freeze: bool):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from ovr_train.models import freeze_vision
+
+    model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch.float32)
+    if freeze:
+        freeze_vision(model)
+    calls = []
+    model.model.visual.register_forward_hook(lambda *_: calls.append(1))
+    return model, calls
+
+
+def _image_inputs(path):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(path))
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Count."}]}]
+    text = processor.apply_chat_template(chat, add_generation_prompt=True)
+    image = Image.new("RGB", (56, 56), (200, 30, 30))
+    inputs = processor(images=[image], text=[text], return_tensors="pt")
+    return {k: v for k, v in inputs.items() if k != "attention_mask"}
+
+
+@pytest.mark.parametrize("freeze", [True, False], ids=["frozen-tower", "trained-tower"])
+def test_a_text_only_forward_runs_the_vision_tower_and_its_loss_is_unchanged(
+    tiny_model_path, freeze
+):
+    """The tiny Qwen2.5-VL (transformers' own class): a text-only micro-batch, and TRL's empty
+    pixel slice for a text-only row, both run the vision tower once with the hook and give
+    exactly the loss of the text-only forward without it; an image row runs it once, as before,
+    with its loss unchanged. A trained tower gets a zero gradient from the text-only row (its
+    ZeRO-3 reduce-scatter then matches the image rank's too)."""
+    import torch
+
+    from ovr_train.rl.vision_sync import run_vision_every_step
+
+    model, calls = _tiny_policy(tiny_model_path, freeze)
+    ids = torch.randint(0, 100, (1, 16), generator=torch.Generator().manual_seed(0))
+    empty = {"pixel_values": torch.zeros(0, 1176), "image_grid_thw": torch.zeros(0, 3).long()}
+    image = _image_inputs(tiny_model_path)
+    text_loss = model(input_ids=ids, labels=ids).loss
+    image_loss = model(**image, labels=image["input_ids"]).loss
+    assert len(calls) == 1  # today: only the image row ran the tower
+    with pytest.raises(ValueError, match="non-empty"):  # and TRL's empty slice breaks transformers
+        model(input_ids=ids, labels=ids, **empty)
+
+    assert run_vision_every_step(model) == 1 and run_vision_every_step(model) == 1
+    calls.clear()
+    hooked = model(input_ids=ids, labels=ids).loss
+    assert len(calls) == 1 and torch.equal(hooked, text_loss)
+    assert torch.equal(model(input_ids=ids, labels=ids, **empty).loss, text_loss)
+    assert len(calls) == 2
+    assert torch.equal(model(**image, labels=image["input_ids"]).loss, image_loss)
+    assert len(calls) == 3  # the real image only: no dummy beside it
+
+    hooked.backward()
+    tower = list(model.model.visual.parameters())
+    if freeze:
+        assert all(p.grad is None for p in tower)
+    else:
+        assert all(p.grad is not None and not p.grad.any() for p in tower)
+
+
+def test_the_critics_backbone_is_hooked_as_well(tiny_model_path):
+    import torch
+
+    from ovr_train.rl.critic import ValueModel
+    from ovr_train.rl.vision_sync import run_vision_every_step
+
+    critic = ValueModel.from_policy(str(tiny_model_path), torch.float32)
+    calls = []
+    critic.backbone.visual.register_forward_hook(lambda *_: calls.append(1))
+    assert run_vision_every_step(critic) == 1
+    critic(input_ids=torch.arange(10).unsqueeze(0))
+    assert len(calls) == 1
