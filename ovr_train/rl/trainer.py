@@ -27,6 +27,7 @@ from ovr_train.checkpoints import SafeCheckpoints
 from ovr_train.recipe import length_at
 from ovr_train.rl.critic import Critic, explained_variance, gae, terminal_rewards
 from ovr_train.rl.dynamic_sampling import DynamicSampler
+from ovr_train.rl.vision_sync import run_vision_every_step
 
 logger = logging.getLogger("ovr_train.rl")
 VISION_TOKENS = (
@@ -58,6 +59,7 @@ class OVRRLTrainer(SafeCheckpoints, GRPOTrainer):
             super().__init__(*args, **kwargs)
         if self.use_vllm:
             self._fix_vllm_rollouts()
+        run_vision_every_step(self.model)  # ZeRO-3: every rank runs the vision tower each forward
 
     # -- the rollout step: the one override of TRL's, named steps in a fixed order
 
@@ -160,6 +162,7 @@ class PPOTrainer(OVRRLTrainer):
         """Per-token ``A_t`` by GAE on the critic's ``V(s_t)``, then one critic update on the returns."""
         args = self.critic_args
         self.critic.build(self)
+        run_vision_every_step(self.critic.module)  # as the policy's (ovr_train.rl.vision_sync)
         rewards = torch.nan_to_num(batch.pop("rewards"), nan=0.0)  # unscorable: reward 0
         mask = batch["completion_mask"] * batch.get("tool_mask", 1)
         old_values = self.critic.values(batch)
