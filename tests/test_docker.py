@@ -17,7 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import jsonschema
@@ -464,7 +464,7 @@ def test_multinode_training_commands_use_names_trl_knows():
 
     from ovr_train.configs import RLScriptArguments
     from ovr_train.rollouts import servers as rollout_servers
-    from ovr_train.rollouts.pool import split_urls
+    from ovr_train.rollouts.client import endpoint_url
 
     def dry_run(**env) -> list[str]:
         out = subprocess.run(
@@ -480,10 +480,25 @@ def test_multinode_training_commands_use_names_trl_knows():
     rollout = dry_run(ROLE="rollout", BIND_ADDR="10.0.0.9")
     assert rollout[:2] == ["ovr-train", "rollout-servers"]
     spec = rollout_servers.parse_args(rollout[2:])  # our own parser: every flag known
-    assert (spec.servers, spec.host, spec.max_model_len) == (8, "10.0.0.9", 53248)
+    assert (spec.engines, spec.host, spec.max_model_len) == (8, "10.0.0.9", 53248)
+    # two rollout nodes: one data-parallel server of 16 engines, node 1 headless from engine 8
+    nodes = [
+        rollout_servers.parse_args(
+            dry_run(ROLE="rollout", ROLLOUT_NODES="2", ROLLOUT_RANK=str(r), ROLLOUT_ADDR="h9",
+                    BIND_ADDR="h9")[2:]
+        )
+        for r in (0, 1)
+    ]  # fmt: skip
+    for node in nodes:  # consistent as a pair (the checkpoint is the nodes' own)
+        rollout_servers.check_spec(replace(node, model="m"), {"OVR_ROLLOUT_KEY": "k"})
+    assert [(n.engines, n.local_engines, n.start_rank, n.headless) for n in nodes] == [
+        (16, 8, 0, False),
+        (16, 8, 8, True),
+    ]
+    assert {n.data_parallel_address for n in nodes} == {"h9"}
 
     train = dry_run(
-        ROLE="train", NUM_TRAIN_NODES="2", NODE_RANK="1", MAIN_ADDR="h0", ROLLOUT_ADDRS="h9 h10"
+        ROLE="train", NUM_TRAIN_NODES="2", NODE_RANK="1", MAIN_ADDR="h0", ROLLOUT_ADDR="h9"
     )
     assert train[:2] == ["accelerate", "launch"]
     opt = {k: train[i + 1] for i, k in enumerate(train) if k.startswith("--")}
@@ -500,5 +515,5 @@ def test_multinode_training_commands_use_names_trl_knows():
     per_node = int(overrides["gradient_accumulation_steps"]) * int(opt["--num_machines"])
     assert per_node == recipe["gradient_accumulation_steps"]  # the recipe's global batch is kept
     assert overrides["vllm_mode"] == "server"
-    urls = split_urls(overrides["vllm_server_base_url"])  # every server of both rollout nodes
-    assert len(urls) == 16 and urls[0] == "http://h9:8000" and urls[-1] == "http://h10:8007"
+    # the one endpoint of every rollout node's engines
+    assert endpoint_url(overrides["vllm_server_base_url"]) == "http://h9:8000"

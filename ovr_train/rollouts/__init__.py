@@ -1,2 +1,2 @@
-"""Rollouts on vLLM servers for server-mode RL: the servers (``ovr-train rollout-servers``), the pool
-that shards prompts over them and broadcasts weights, its key and its CPU weight transfer."""
+"""Rollouts on vLLM for server-mode RL: one data-parallel ``vllm serve`` per node
+(``ovr-train rollout-servers``), the trainer's TRL client of it, its key and its CPU weight transfer."""

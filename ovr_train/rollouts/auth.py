@@ -4,7 +4,7 @@ A rollout server runs vLLM in development mode (``VLLM_SERVER_DEV_MODE=1``): TRL
 through ``/init_weight_transfer_engine`` and ``/update_weights``, and vLLM's own ``--api-key``
 guards only ``/v1``, ``/v2``, ``/inference`` and ``/cohere``, so anyone who can reach the port could
 replace the model or call ``/collective_rpc``. Loaded with ``--middleware
-ovr_train.rollouts.auth.RolloutKeyGuard``; the trainers' rollout pool sends the key.
+ovr_train.rollouts.auth.RolloutKeyGuard``; the trainer's client (`ovr_train.rollouts.client`) sends the key.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ vLLM's weight-transfer engine, and the only broadcast engine vLLM ships is NCCL 
 engine is the same protocol over a torch gloo group: the trainer is rank 0, each server worker
 joins at ``rank_offset`` + its own rank (as vLLM's NCCL engine numbers them,
 ``nccl_common.worker_init_process_group``), and every tensor is broadcast once to all of them.
-It lets server-mode RL run, and be tested, on CPU machines; on GPUs the rollout pool uses NCCL.
+A data-parallel server's workers are numbered across its DP ranks
+(``data_parallel_index * world_size + rank``), so one group and one broadcast reach every engine.
+It lets server-mode RL run, and be tested, on CPU machines; on GPUs the rollout server uses NCCL.
 
 vLLM finds it as a general plugin (entry point ``vllm.general_plugins`` in pyproject.toml), loaded
 in every vLLM process, so a server started with ``--weight-transfer-config '{"backend": "ovr_gloo"}'``
