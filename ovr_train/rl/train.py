@@ -60,7 +60,7 @@ def main(
     from transformers.trainer_utils import set_seed
 
     from ovr_train.plan import check_before_training
-    from ovr_train.rollouts.pool import check_rollout_servers
+    from ovr_train.rollouts.client import check_rollout_servers
 
     # logging: the whole resolved configuration, printed and saved beside every checkpoint
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -50,12 +50,12 @@ class OVRRLTrainer(SafeCheckpoints, GRPOTrainer):
         sampler: DynamicSampler | None = None,
         **kwargs,
     ):
-        from ovr_train.rollouts.pool import serving_pool
+        from ovr_train.rollouts.client import serving_client
 
         self.length_stages = list(length_stages or [])
         self.sampler = sampler
         self._round_rewards: torch.Tensor | None = None
-        with serving_pool():  # server mode: rollouts on every server of vllm_server_base_url
+        with serving_client():  # server mode: our TRL client (key, gloo, per-engine window)
             super().__init__(*args, **kwargs)
         if self.use_vllm:
             self._fix_vllm_rollouts()
