@@ -140,11 +140,11 @@ def cli(argv: list[str]) -> int:
 
 
 def rollout_gpus_of(settings: dict) -> int:
-    """One GPU per rollout server listed (`ovr-train rollout-servers` starts one per GPU); a single
-    URL is the recipe's placeholder for one 8-GPU rollout node."""
-    from ovr_train.rollouts.pool import split_urls
-
-    servers = len(split_urls(settings.get("vllm_server_base_url") or "http://localhost:8000"))
+    """One GPU per rollout server listed; a single URL is the recipe's placeholder for one 8-GPU
+    rollout node (`ovr-train rollout-servers` serves all of a node's GPUs, and any number of nodes,
+    behind one endpoint: give ``--rollout-gpus`` for more)."""
+    listed = str(settings.get("vllm_server_base_url") or "http://localhost:8000").split(",")
+    servers = len({u.strip().rstrip("/") for u in listed if u.strip()})
     return servers if servers > 1 else 8
 
 
