@@ -22,7 +22,7 @@ COMMANDS = {
     ),
     "rollout-servers": (
         "ovr_train.rollouts.servers:cli",
-        "vLLM servers for server-mode RL rollouts, one per GPU: ovr-train rollout-servers --model M",
+        "one data-parallel vLLM per node for server-mode RL rollouts: ovr-train rollout-servers --model M",
     ),
     "plan": (
         "ovr_train.plan.command:cli",
