@@ -262,3 +262,50 @@ def test_the_critics_backbone_is_hooked_as_well(tiny_model_path):
     assert run_vision_every_step(critic) == 1
     critic(input_ids=torch.arange(10).unsqueeze(0))
     assert len(calls) == 1
+
+
+def test_trls_per_row_forward_of_a_mixed_batch_runs_and_keeps_each_rows_log_probs(
+    tiny_model_path, tmp_path
+):
+    """The RL trainer as built by `ovr-train rl` (TRL's GRPOTrainer underneath) scores a batch of
+    an image row and a text-only row one row per forward, as the 7B recipes' micro-batch of 1
+    does: TRL slices the text-only row an empty pixel_values (transformers raised on it before
+    the hook); each row's log-probs equal those of the row scored alone."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import GRPOConfig
+
+    from ovr_train.rl.trainer import OVRRLTrainer
+
+    path = str(tiny_model_path)
+    processor = AutoProcessor.from_pretrained(path, padding_side="left")
+    args = GRPOConfig(
+        output_dir=str(tmp_path), use_vllm=False, use_cpu=True, report_to=[],
+        per_device_train_batch_size=2, num_generations=2, max_completion_length=4,
+    )  # fmt: skip
+    trainer = OVRRLTrainer(
+        model=AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32),
+        reward_funcs=[lambda completions, **_: [0.0] * len(completions)],
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}]}] * 2),
+        processing_class=processor,
+    )
+    image = _image_inputs(tiny_model_path)
+    completion = torch.tensor([[5, 6, 7, 8]])
+    rows = [torch.cat([image["input_ids"], completion], 1)]
+    rows.append(torch.cat([torch.arange(10, 16).unsqueeze(0), completion], 1))
+    width = max(r.size(1) for r in rows)
+    ids = torch.stack([torch.nn.functional.pad(r[0], (width - r.size(1), 0)) for r in rows])
+    mask = torch.stack([torch.arange(width) >= width - r.size(1) for r in rows]).long()
+    pixels = {"pixel_values": image["pixel_values"], "image_grid_thw": image["image_grid_thw"]}
+
+    def logps(i, j, **kw):
+        out, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, ids[i:j], mask[i:j], 4, batch_size=1, **kw
+        )
+        return out
+
+    mixed = logps(0, 2, num_images=[1, 0], **pixels)
+    assert torch.allclose(mixed[0], logps(0, 1, num_images=[1], **pixels)[0])
+    assert torch.equal(mixed[1], logps(1, 2)[0])
