@@ -16,7 +16,7 @@ from PIL import Image
 
 from webui import conversation as conv
 from webui import render
-from webui.app import parse_extra
+from webui.extra_sampling import parse_extra
 from webui.settings import auth_check, parse_settings
 
 # Any tag in rendered text that is not one the display itself writes.
@@ -40,10 +40,10 @@ HOSTILE_TEXTS = [
 def shown_texts(text: str) -> list[str]:
     """Every place the chat shows text: the question, the trace (live and tagged), the answer
     with its result callout, an error."""
-    turn = conv.assistant_turn(text, text, "stop", 1.0, 3)
-    live = conv.assistant_turn(text, "", None, 1.0, 3)
-    out = render.to_chatbot([conv.user_turn(text), turn, conv.error_turn(text)])
-    out += render.to_chatbot([conv.user_turn("q"), live], live=True)
+    turn = conv.AssistantTurn(text, text, "stop", 1.0, 3)
+    live = conv.AssistantTurn(text, "", None, 1.0, 3)
+    out = render.to_chatbot([conv.UserTurn(text), turn, conv.ErrorTurn(text)])
+    out += render.to_chatbot([conv.UserTurn("q"), live], live=True)
     return [m["content"] for m in out if isinstance(m["content"], str)] + [
         c for m in out if isinstance(m["content"], list) for c in m["content"] if isinstance(c, str)
     ]
@@ -111,7 +111,7 @@ def _chat_with(*urls) -> str:
 def test_import_keeps_real_images_under_their_real_extension(tmp_path):
     png = base64.b64encode(_png()).decode()
     back, _ = conv.import_json(_chat_with(f"data:text/html;base64,{png}"), tmp_path)
-    saved = back[0]["images"][0]
+    saved = back[0].images[0]
     assert saved.endswith(".png") and open(saved, "rb").read() == _png()
     svg = base64.b64encode(b"<svg xmlns='http://www.w3.org/2000/svg'/>").decode()
     html = base64.b64encode(b"<html><img src=http://127.0.0.1:9/x></html>").decode()

@@ -24,11 +24,11 @@ def image(tmp_path):
 @pytest.fixture
 def talk(image):
     return [
-        conv.user_turn("How many dots?", [image]),
-        conv.assistant_turn("I see one red dot.", "One: $\\boxed{1}$", "stop", 2.0, 7),
-        conv.user_turn("And now?"),
-        conv.error_turn("Cannot reach the endpoint"),
-        conv.user_turn("Again?"),
+        conv.UserTurn("How many dots?", [image]),
+        conv.AssistantTurn("I see one red dot.", "One: $\\boxed{1}$", "stop", 2.0, 7),
+        conv.UserTurn("And now?"),
+        conv.ErrorTurn("Cannot reach the endpoint"),
+        conv.UserTurn("Again?"),
     ]
 
 
@@ -49,11 +49,11 @@ def test_request_sends_traces_back_when_asked(talk):
 
 
 def test_chat_display_folds_thinking_once_the_answer_starts(talk):
-    turn = conv.assistant_turn("counting", "", None, 1.0, 3)
+    turn = conv.AssistantTurn("counting", "", None, 1.0, 3)
     live = render.to_chatbot(talk[:1] + [turn], live=True)
     assert live[-1]["metadata"]["status"] == "pending"
     assert live[-1]["metadata"]["log"] == "1.0 s · 3 tokens"
-    turn["answer"] = "Two"
+    turn.answer = "Two"
     shown = render.to_chatbot(talk[:1] + [turn], live=True)
     assert shown[-2]["metadata"]["status"] == "done" and shown[-1]["content"] == "Two"
 
@@ -66,8 +66,8 @@ def test_chat_display_shows_image_then_text_and_highlights_the_boxed_result(talk
 
 
 def test_truncated_trace_is_labelled_and_invites_continue():
-    turn = conv.assistant_turn("long trace", "", "length", 5.0, 4096)
-    shown = render.to_chatbot([conv.user_turn("q"), turn])
+    turn = conv.AssistantTurn("long trace", "", "length", 5.0, 4096)
+    shown = render.to_chatbot([conv.UserTurn("q"), turn])
     assert conv.is_truncated(turn)
     assert shown[1]["metadata"]["title"] == conv.TRUNCATED_TITLE
     assert "Continue" in shown[2]["content"]
@@ -79,10 +79,10 @@ def test_json_export_is_openai_format_and_imports_back(talk, tmp_path):
     assert exported["messages"][2]["reasoning"] == "I see one red dot."
     back, system = conv.import_json(json.dumps(exported), tmp_path / "imported")
     assert system == "Be brief."
-    assert [t["role"] for t in back] == ["user", "assistant", "user"]
-    assert back[1]["reasoning"] == talk[1]["reasoning"] and back[1]["answer"] == talk[1]["answer"]
-    assert open(back[0]["images"][0], "rb").read() == open(talk[0]["images"][0], "rb").read()
-    assert (back[1]["seconds"], back[1]["tokens"]) == (2.0, 7)
+    assert [t.role for t in back] == ["user", "assistant", "user"]
+    assert back[1].reasoning == talk[1].reasoning and back[1].answer == talk[1].answer
+    assert open(back[0].images[0], "rb").read() == open(talk[0].images[0], "rb").read()
+    assert (back[1].seconds, back[1].tokens) == (2.0, 7)
     assert render.to_chatbot(back)[1]["metadata"]["log"].startswith("2.0 s · 7 tokens")
 
 
@@ -93,7 +93,7 @@ def test_a_trace_without_timing_shows_no_made_up_figures(tmp_path):
         {"role": "assistant", "content": "<think>R</think>A"},
     ]
     back, _ = conv.import_json(json.dumps(other), tmp_path)
-    assert (back[1]["seconds"], back[1]["tokens"]) == (None, 0)
+    assert (back[1].seconds, back[1].tokens) == (None, 0)
     assert render.to_chatbot(back)[1]["metadata"]["log"] == ""
     assert "<summary>Thinking</summary>" in conv.export_markdown(back)
 
@@ -107,7 +107,7 @@ def test_a_trace_without_timing_shows_no_made_up_figures(tmp_path):
 )
 def test_import_reads_either_reasoning_name_and_inline_tags(assistant, tmp_path):
     back, _ = conv.import_json(json.dumps([{"role": "user", "content": "q"}, assistant]), tmp_path)
-    assert (back[1]["reasoning"], back[1]["answer"]) == ("R", "A")
+    assert (back[1].reasoning, back[1].answer) == ("R", "A")
 
 
 def test_import_refuses_links_and_garbage(tmp_path):
@@ -155,26 +155,26 @@ def test_settings_read_key_and_login_from_environment(monkeypatch, tmp_path):
 
 def test_finished_trace_tags_behaviours_and_counts_them_live_trace_does_not():
     trace = "Add 3 and 4. Wait, that is wrong. Let me double-check: 3 + 4 = 7."
-    turn = conv.assistant_turn(trace, "$\\boxed{7}$", "stop", 1.0, 20)
-    thought = render.to_chatbot([conv.user_turn("3+4?"), turn])[1]
+    turn = conv.AssistantTurn(trace, "$\\boxed{7}$", "stop", 1.0, 20)
+    thought = render.to_chatbot([conv.UserTurn("3+4?"), turn])[1]
     assert '<mark class="ovr-behaviour" title="backtracking">Wait,</mark>' in thought["content"]
     assert 'title="verification">Let me double-check</mark>' in thought["content"]
     assert "backtracking ×2" in thought["metadata"]["log"]  # "Wait" and "that is wrong"
     assert "verification ×1" in thought["metadata"]["log"]
-    live = conv.assistant_turn(trace, "", None, 1.0, 20)
-    streaming = render.to_chatbot([conv.user_turn("3+4?"), live], live=True)[1]
+    live = conv.AssistantTurn(trace, "", None, 1.0, 20)
+    streaming = render.to_chatbot([conv.UserTurn("3+4?"), live], live=True)[1]
     assert streaming["content"] == trace  # not while it streams: the text would jump about
-    plain = conv.assistant_turn("3 + 4 = 7.", "$\\boxed{7}$", "stop", 1.0, 9)
-    assert render.to_chatbot([conv.user_turn("3+4?"), plain])[1]["metadata"]["log"] == (
+    plain = conv.AssistantTurn("3 + 4 = 7.", "$\\boxed{7}$", "stop", 1.0, 9)
+    assert render.to_chatbot([conv.UserTurn("3+4?"), plain])[1]["metadata"]["log"] == (
         "1.0 s · 9 tokens"
     )
-    assert conv.export_json([conv.user_turn("3+4?"), turn]).count("<mark") == 0  # display only
+    assert conv.export_json([conv.UserTurn("3+4?"), turn]).count("<mark") == 0  # display only
 
 
 def test_model_text_is_escaped_so_angle_brackets_do_not_swallow_it():
     trace = "Compare <image> and x<y & z. Wait, `a<b` stays code."
-    turn = conv.assistant_turn(trace, "Since $x<y$, \\boxed{x<y}", "stop", 1.0, 9)
-    thought, answer = render.to_chatbot([conv.user_turn("q"), turn])[1:]
+    turn = conv.AssistantTurn(trace, "Since $x<y$, \\boxed{x<y}", "stop", 1.0, 9)
+    thought, answer = render.to_chatbot([conv.UserTurn("q"), turn])[1:]
     assert "Compare &lt;image> and x&lt;y &amp; z." in thought["content"]
     assert "`a<\u2060b`" in thought["content"]  # code is shown verbatim; no tag can open
     assert 'title="backtracking">Wait,</mark>' in thought["content"]

@@ -1,13 +1,15 @@
 """A conversation as the UI keeps it, the request it makes upstream, and its export and import.
 
-The conversation is a list of plain dicts (it lives in ``gr.State`` and survives JSON):
+The conversation is a list of turns (it lives in ``gr.State``), each a small dataclass:
 
-- ``{"role": "user", "text": str, "images": [path, …]}``
-- ``{"role": "assistant", "reasoning": str, "answer": str, "finish_reason": str | None,
-  "seconds": float | None, "tokens": int, "stopped": bool}``
-- ``{"role": "error", "text": str}``: shown in the chat, never sent to the model.
+- ``UserTurn(text, images)``: the question and the local paths of its images;
+- ``AssistantTurn(reasoning, answer, finish_reason, seconds, tokens, stopped)``: trace and answer
+  kept apart, with how the stream ended;
+- ``ErrorTurn(text)``: shown in the chat, never sent to the model.
 
-The chat display is rendered from it by ``webui.render``.
+Each has a ``role`` (``"user"``, ``"assistant"``, ``"error"``). The chat display is rendered from
+the conversation by ``webui.render``; the JSON export is OpenAI messages, read back by
+``import_json``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import json
 import mimetypes
 import tempfile
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ovr_core.format import format_completion, split_reasoning
 from ovr_core.wire import reasoning_of
@@ -35,61 +39,72 @@ MAX_IMPORT_BYTES = MAX_IMPORT_IMAGES * MAX_IMPORT_IMAGE_BYTES * 4 // 3 + (16 << 
 TRUNCATED_TITLE = "Thinking — cut off by the token limit"
 
 
-# --- building turns -----------------------------------------------------------------------------
-def user_turn(text: str, images: list[str] | None = None) -> dict:
+# --- turns --------------------------------------------------------------------------------------
+@dataclass
+class UserTurn:
     """A user message: its text and the local paths of its images."""
-    return {"role": "user", "text": text or "", "images": list(images or [])}
+
+    text: str = ""
+    images: list[str] = field(default_factory=list)
+    role: ClassVar[str] = "user"
 
 
-def assistant_turn(
-    reasoning: str = "",
-    answer: str = "",
-    finish_reason: str | None = None,
-    seconds: float | None = None,
-    tokens: int = 0,
-    stopped: bool = False,
-) -> dict:
+@dataclass
+class AssistantTurn:
     """An assistant message: trace and answer kept apart, with how the stream ended."""
-    return {
-        "role": "assistant",
-        "reasoning": reasoning,
-        "answer": answer,
-        "finish_reason": finish_reason,
-        "seconds": seconds,
-        "tokens": tokens,
-        "stopped": stopped,
-    }
+
+    reasoning: str = ""
+    answer: str = ""
+    finish_reason: str | None = None
+    seconds: float | None = None
+    tokens: int = 0
+    stopped: bool = False
+    role: ClassVar[str] = "assistant"
 
 
-def trace_stats(turn: dict, live: bool = False) -> list[str]:
+@dataclass
+class ErrorTurn:
+    """An error shown in the chat in place of an answer."""
+
+    text: str = ""
+    role: ClassVar[str] = "error"
+
+
+Turn = UserTurn | AssistantTurn | ErrorTurn
+
+
+def trace_stats(turn: AssistantTurn, live: bool = False) -> list[str]:
     """ "12.3 s", "456 tokens" for a trace. A ``live`` trace shows both, counting from zero; a
     finished one leaves out what is unknown (an imported conversation from another tool has
     neither)."""
     stats = []
-    if live or turn["seconds"] is not None:
-        stats.append(f"{turn['seconds'] or 0:.1f} s")
-    if live or turn["tokens"]:
-        stats.append(f"{turn['tokens']} tokens")
+    if live or turn.seconds is not None:
+        stats.append(f"{turn.seconds or 0:.1f} s")
+    if live or turn.tokens:
+        stats.append(f"{turn.tokens} tokens")
     return stats
 
 
-def error_turn(text: str) -> dict:
-    """An error shown in the chat in place of an answer."""
-    return {"role": "error", "text": text}
-
-
-def is_truncated(turn: dict) -> bool:
+def is_truncated(turn: Turn) -> bool:
     """An assistant turn the token limit cut off before its answer began."""
     return (
-        turn.get("role") == "assistant"
-        and turn.get("finish_reason") == "length"
-        and not turn.get("answer", "").strip()
+        isinstance(turn, AssistantTurn)
+        and turn.finish_reason == "length"
+        and not turn.answer.strip()
     )
+
+
+def last_user(conversation: list[Turn]) -> int | None:
+    """The index of the conversation's last user turn (None without one)."""
+    for i in range(len(conversation) - 1, -1, -1):
+        if isinstance(conversation[i], UserTurn):
+            return i
+    return None
 
 
 # --- the request ----------------------------------------------------------------------------------
 def to_openai(
-    conversation: list[dict],
+    conversation: list[Turn],
     system_prompt: str = "",
     include_reasoning: bool = False,
     inline_images: bool = True,
@@ -102,23 +117,22 @@ def to_openai(
     if system_prompt.strip():
         messages.append({"role": "system", "content": system_prompt.strip()})
     for i, turn in enumerate(conversation):
-        role = turn["role"]
-        if role == "user":
+        if isinstance(turn, UserTurn):
             nxt = conversation[i + 1] if i + 1 < len(conversation) else None
-            if nxt is not None and nxt["role"] == "error":
+            if isinstance(nxt, ErrorTurn):
                 continue
             parts: list[dict] = [
                 {"type": "image_url", "image_url": {"url": image_url(p) if inline_images else p}}
-                for p in turn["images"]
+                for p in turn.images
             ]
-            if turn["text"]:
-                parts.append({"type": "text", "text": turn["text"]})
+            if turn.text:
+                parts.append({"type": "text", "text": turn.text})
             messages.append({"role": "user", "content": parts})
-        elif role == "assistant":
-            if include_reasoning and turn["reasoning"]:
-                content = format_completion(turn["reasoning"], turn["answer"])
+        elif isinstance(turn, AssistantTurn):
+            if include_reasoning and turn.reasoning:
+                content = format_completion(turn.reasoning, turn.answer)
             else:
-                content = turn["answer"]
+                content = turn.answer
             messages.append({"role": "assistant", "content": content})
     return messages
 
@@ -131,47 +145,47 @@ def image_url(path: str) -> str:
 
 
 # --- export / import ------------------------------------------------------------------------------
-def export_json(conversation: list[dict], system_prompt: str = "") -> str:
+def export_json(conversation: list[Turn], system_prompt: str = "") -> str:
     """The conversation in the OpenAI message format, traces in ``reasoning``, images inline."""
     messages = to_openai(conversation, system_prompt)
-    answers = iter(t for t in conversation if t["role"] == "assistant")
+    answers = iter(t for t in conversation if isinstance(t, AssistantTurn))
     for message in messages:
         if message["role"] == "assistant":
             turn = next(answers)
-            if turn["reasoning"]:
-                message["reasoning"] = turn["reasoning"]
-            if turn["finish_reason"]:
-                message["finish_reason"] = turn["finish_reason"]
-            if turn["seconds"] is not None or turn["tokens"]:
-                message["ovr"] = {"seconds": turn["seconds"], "tokens": turn["tokens"]}
+            if turn.reasoning:
+                message["reasoning"] = turn.reasoning
+            if turn.finish_reason:
+                message["finish_reason"] = turn.finish_reason
+            if turn.seconds is not None or turn.tokens:
+                message["ovr"] = {"seconds": turn.seconds, "tokens": turn.tokens}
     return json.dumps({"messages": messages}, indent=2, ensure_ascii=False)
 
 
-def export_markdown(conversation: list[dict], system_prompt: str = "") -> str:
+def export_markdown(conversation: list[Turn], system_prompt: str = "") -> str:
     """A readable Markdown transcript: images embedded as data URLs, traces folded in <details>."""
     lines = ["# OVR conversation", ""]
     if system_prompt.strip():
         lines += ["**System:** " + system_prompt.strip(), ""]
     for turn in conversation:
-        if turn["role"] == "user":
+        if isinstance(turn, UserTurn):
             lines += ["## User", ""]
-            lines += [f"![{Path(p).name}]({image_url(p)})" for p in turn["images"]]
-            lines += ["", turn["text"], ""]
-        elif turn["role"] == "assistant":
+            lines += [f"![{Path(p).name}]({image_url(p)})" for p in turn.images]
+            lines += ["", turn.text, ""]
+        elif isinstance(turn, AssistantTurn):
             lines += ["## Assistant", ""]
-            if turn["reasoning"]:
+            if turn.reasoning:
                 title = TRUNCATED_TITLE if is_truncated(turn) else THINKING_TITLE
                 stats = ", ".join(trace_stats(turn))
                 summary = f"{title} ({stats})" if stats else title
                 lines += [f"<details><summary>{summary}</summary>", ""]
-                lines += [turn["reasoning"].strip(), "", "</details>", ""]
-            lines += [turn["answer"].strip(), ""]
+                lines += [turn.reasoning.strip(), "", "</details>", ""]
+            lines += [turn.answer.strip(), ""]
         else:
-            lines += [f"> ⚠️ Error: {turn['text']}", ""]
+            lines += [f"> ⚠️ Error: {turn.text}", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def import_json(text: str, image_dir: str | Path | None = None) -> tuple[list[dict], str]:
+def import_json(text: str, image_dir: str | Path | None = None) -> tuple[list[Turn], str]:
     """Read an exported (or any OpenAI-format) conversation back: (conversation, system prompt).
 
     Accepts ``{"messages": [...]}`` or a bare list; traces from ``reasoning``,
@@ -186,7 +200,7 @@ def import_json(text: str, image_dir: str | Path | None = None) -> tuple[list[di
     count = sum(len(_image_urls(m.get("content"))) for m in messages if isinstance(m, dict))
     if count > MAX_IMPORT_IMAGES:
         raise ValueError(f"the file has {count} images; at most {MAX_IMPORT_IMAGES} are imported")
-    conversation: list[dict] = []
+    conversation: list[Turn] = []
     system = ""
     for n, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message:
@@ -196,7 +210,7 @@ def import_json(text: str, image_dir: str | Path | None = None) -> tuple[list[di
             system = text_of(content)
         elif role == "user":
             images = [_save_image(url, image_dir) for url in _image_urls(content)]
-            conversation.append(user_turn(text_of(content), images))
+            conversation.append(UserTurn(text_of(content), images))
         elif role == "assistant":
             reasoning = reasoning_of(message)
             answer = text_of(content)
@@ -206,7 +220,7 @@ def import_json(text: str, image_dir: str | Path | None = None) -> tuple[list[di
             stats = message.get("ovr") if isinstance(message.get("ovr"), dict) else {}
             seconds, tokens = stats.get("seconds"), stats.get("tokens")
             conversation.append(
-                assistant_turn(
+                AssistantTurn(
                     reasoning,
                     answer,
                     finish_reason=message.get("finish_reason"),

@@ -16,7 +16,15 @@ from pathlib import Path
 
 from ovr_core.behaviours import find_behaviours, highlight
 from ovr_core.format import boxed_spans, extract_boxed
-from webui.conversation import THINKING_TITLE, TRUNCATED_TITLE, is_truncated, trace_stats
+from webui.conversation import (
+    THINKING_TITLE,
+    TRUNCATED_TITLE,
+    AssistantTurn,
+    Turn,
+    UserTurn,
+    is_truncated,
+    trace_stats,
+)
 
 _CODE = re.compile(r"(```.*?(?:```|\Z)|`[^`\n]*`)", re.S)
 _MATH = re.compile(r"\$\$.*?\$\$|\\\[.*?\\\]|\\\(.*?\\\)|\$[^$\n]*\$", re.S)
@@ -25,7 +33,7 @@ _TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
 _JOINER = "\u2060"  # WORD JOINER: invisible, and no tag name or "[" can follow "<" or "!" past it
 
 
-def to_chatbot(conversation: list[dict], live: bool = False) -> list[dict]:
+def to_chatbot(conversation: list[Turn], live: bool = False) -> list[dict]:
     """Gradio ``Chatbot`` messages for a conversation; ``live`` marks its last turn as streaming.
 
     Each user turn is one message (editable in the chat); an assistant turn is a Thinking message
@@ -34,26 +42,23 @@ def to_chatbot(conversation: list[dict], live: bool = False) -> list[dict]:
     out: list[dict] = []
     last = len(conversation) - 1
     for i, turn in enumerate(conversation):
-        role = turn["role"]
-        if role == "user":
-            content: list = [{"path": p, "alt_text": Path(p).name} for p in turn["images"]]
-            if turn["text"]:  # imported text is anyone's: escaped like the model's
-                content.append(escape_html(turn["text"]))
+        if isinstance(turn, UserTurn):
+            content: list = [{"path": p, "alt_text": Path(p).name} for p in turn.images]
+            if turn.text:  # imported text is anyone's: escaped like the model's
+                content.append(escape_html(turn.text))
             out.append({"role": "user", "content": content or [""]})
-        elif role == "assistant":
+        elif isinstance(turn, AssistantTurn):
             out.extend(_assistant_messages(turn, streaming=live and i == last))
         else:
-            out.append(
-                {"role": "assistant", "content": f"⚠️ **Error:** {escape_html(turn['text'])}"}
-            )
+            out.append({"role": "assistant", "content": f"⚠️ **Error:** {escape_html(turn.text)}"})
     return out
 
 
-def turn_of_message(conversation: list[dict], index: int) -> int | None:
+def turn_of_message(conversation: list[Turn], index: int) -> int | None:
     """The conversation index of the turn that shows as chat message ``index`` (None if none)."""
     shown = 0
     for i, turn in enumerate(conversation):
-        if turn["role"] == "assistant":
+        if isinstance(turn, AssistantTurn):
             shown += len(_assistant_messages(turn, streaming=False))
         else:
             shown += 1
@@ -62,15 +67,15 @@ def turn_of_message(conversation: list[dict], index: int) -> int | None:
     return None
 
 
-def _assistant_messages(turn: dict, streaming: bool) -> list[dict]:
+def _assistant_messages(turn: AssistantTurn, streaming: bool) -> list[dict]:
     messages = []
-    thinking = streaming and not turn["answer"] and not turn["finish_reason"]
-    if turn["reasoning"] or thinking:
+    thinking = streaming and not turn.answer and not turn.finish_reason
+    if turn.reasoning or thinking:
         stats = trace_stats(turn, live=thinking)
         if thinking:  # not tagged while it streams: the text would jump about
-            content = escape_html(turn["reasoning"])
+            content = escape_html(turn.reasoning)
         else:
-            content, counts = tag_behaviours(turn["reasoning"])
+            content, counts = tag_behaviours(turn.reasoning)
             stats += counts
         messages.append(
             {
@@ -83,8 +88,8 @@ def _assistant_messages(turn: dict, streaming: bool) -> list[dict]:
                 },
             }
         )
-    answer = decorate_answer(turn["answer"]) if turn["answer"].strip() else ""
-    if turn.get("stopped"):
+    answer = decorate_answer(turn.answer) if turn.answer.strip() else ""
+    if turn.stopped:
         answer += "\n\n*Stopped.*"
     elif is_truncated(turn):
         answer += "*The trace hit the token limit before an answer: press **Continue** to go on.*"

@@ -6,7 +6,6 @@ comes from ``OVR_UI_USER``/``OVR_UI_PASSWORD`` or ``--auth-file`` (lines of ``us
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import os
 from dataclasses import dataclass, field
@@ -23,115 +22,106 @@ MAX_UPLOAD_BYTES = MAX_IMPORT_BYTES
 DEFAULT_MAX_TOKENS = 16384  # OVR-7B traces often run to several thousand tokens
 
 
+# Flags whose default an environment variable gives (a flag on the command line still wins).
+ENV_DEFAULTS = {"endpoint": "OVR_ENDPOINT", "root_path": "OVR_UI_ROOT_PATH"}
+
+
 @dataclass
 class UISettings:
-    """Everything the app needs to know, from the command line and the environment."""
+    """Everything the app needs to know. Each field with help text is a flag (``--max-tokens`` or
+    ``--max_tokens``); the key and the logins come from the environment and ``--auth-file``."""
 
-    endpoint: str = DEFAULT_ENDPOINT
-    model: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_UI_PORT
-    root_path: str | None = None
-    auth: list[tuple[str, str]] | None = field(default=None, repr=False)
-    concurrency: int = 16
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    idle_timeout: float = 300.0
-    update_interval: float = UPDATE_INTERVAL_S
-    allowed_hosts: list[str] = field(default_factory=list)
-    allowed_origins: list[str] = field(default_factory=list)
-    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    endpoint: str = field(
+        default=DEFAULT_ENDPOINT,
+        metadata={"help": "OpenAI-compatible base URL, ending in /v1 (env: OVR_ENDPOINT)."},
+    )
+    model: str | None = field(
+        default=None, metadata={"help": "Model name to preselect; without it, the first listed."}
+    )
+    host: str = field(
+        default=DEFAULT_HOST,
+        metadata={"help": "Address to listen on. Anything beyond loopback requires a login."},
+    )
+    port: int = field(default=DEFAULT_UI_PORT, metadata={"help": "Port to listen on."})
+    root_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "URL prefix when served behind a reverse proxy, e.g. /ovr"
+            " (env: OVR_UI_ROOT_PATH)."
+        },
+    )
+    auth_file: str | None = field(
+        default=None, metadata={"help": "File of 'user:password' lines for the login."}
+    )
+    concurrency: int = field(
+        default=16,
+        metadata={"help": "Chats generating at the same time (Gradio's queue runs 1 by default)."},
+    )
+    max_tokens: int = field(
+        default=DEFAULT_MAX_TOKENS,
+        metadata={"help": "Default max tokens per answer (trace included)."},
+    )
+    idle_timeout: float = field(
+        default=300.0,
+        metadata={"help": "Seconds without a token before a generation counts as timed out."},
+    )
+    update_interval: float = field(
+        default=UPDATE_INTERVAL_S,
+        metadata={"help": "Seconds between chat updates while an answer streams (0: every token)."},
+    )
+    allowed_hosts: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Host names the UI answers besides loopback names and its address ('*': any);"
+            " checked on loopback or without a login."
+        },
+    )
+    allowed_origins: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Other sites' origins (scheme://host:port) whose pages may send requests."
+        },
+    )
+    max_upload_mb: int = field(
+        default=MAX_UPLOAD_BYTES >> 20,
+        metadata={"help": "Largest upload, per file and per request, in MB."},
+    )
+    # Not flags (init=False): a key on the command line would show in `ps`.
+    api_key: str | None = field(default=None, init=False, repr=False)
+    auth: list[tuple[str, str]] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The upload cap in bytes."""
+        return self.max_upload_mb << 20
 
 
 def parse_settings(argv: list[str] | None = None) -> UISettings:
-    """Command line plus ``OVR_API_KEY``/``OVR_UI_USER``/``OVR_UI_PASSWORD`` into settings."""
-    p = argparse.ArgumentParser(
+    """Command line (``ovr-webui --help``) plus ``OVR_API_KEY``/``OVR_UI_USER``/``OVR_UI_PASSWORD``
+    into settings; refuses to listen beyond loopback without a login."""
+    from transformers import HfArgumentParser  # only here: the app's other modules stay light
+
+    parser = HfArgumentParser(
+        UISettings,
         prog="ovr-webui",
         description="The OVR web UI: chat with images beside long reasoning traces.",
     )
-    p.add_argument(
-        "--endpoint",
-        default=os.environ.get("OVR_ENDPOINT", UISettings.endpoint),
-        help="OpenAI-compatible base URL, ending in /v1.",
-    )
-    p.add_argument(
-        "--model", default=None, help="Model name to preselect (default: the first listed)."
-    )
-    p.add_argument(
-        "--host",
-        default=UISettings.host,
-        help="Address to listen on. Anything beyond loopback requires a login.",
-    )
-    p.add_argument("--port", type=int, default=UISettings.port, help="Port to listen on.")
-    p.add_argument(
-        "--root-path",
-        default=os.environ.get("OVR_UI_ROOT_PATH"),
-        help="URL prefix when served behind a reverse proxy, e.g. /ovr.",
-    )
-    p.add_argument("--auth-file", default=None, help="File of 'user:password' lines for the login.")
-    p.add_argument(
-        "--concurrency",
-        type=int,
-        default=UISettings.concurrency,
-        help="Chats generating at the same time (Gradio's queue runs 1 by default).",
-    )
-    p.add_argument(
-        "--max-tokens",
-        type=int,
-        default=DEFAULT_MAX_TOKENS,
-        help="Default max tokens per answer (trace included).",
-    )
-    p.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=UISettings.idle_timeout,
-        help="Seconds without a token before a generation counts as timed out.",
-    )
-    p.add_argument(
-        "--allowed-hosts",
-        nargs="*",
-        default=[],
-        help="Host names the UI answers besides loopback names and its address ('*': any);"
-        " checked on loopback or without a login.",
-    )
-    p.add_argument(
-        "--allowed-origins",
-        nargs="*",
-        default=[],
-        help="Other sites' origins (scheme://host:port) whose pages may send requests.",
-    )
-    p.add_argument(
-        "--max-upload-mb",
-        type=int,
-        default=MAX_UPLOAD_BYTES >> 20,
-        help="Largest upload, per file and per request, in MB.",
-    )
-    a = p.parse_args(argv)
-    auth = read_auth(a.auth_file)
+    env = {name: os.environ[var] for name, var in ENV_DEFAULTS.items() if var in os.environ}
+    parser.set_defaults(**env)
+    settings = UISettings(**vars(parser.parse_args(argv)))
+    settings.endpoint = settings.endpoint.rstrip("/")
+    settings.api_key = os.environ.get(API_KEY_ENV) or None
+    settings.auth = read_auth(settings.auth_file)
     user, password = os.environ.get("OVR_UI_USER"), os.environ.get("OVR_UI_PASSWORD")
     if user and password:
-        auth = (auth or []) + [(user, password)]
-    if not auth and not is_loopback(a.host):
+        settings.auth = (settings.auth or []) + [(user, password)]
+    if not settings.auth and not is_loopback(settings.host):
         # Anyone who reaches the port would chat with the server's API key.
         raise SystemExit(
-            f"ovr-webui: refusing to listen on {a.host} without a login: set OVR_UI_USER and"
+            f"ovr-webui: refusing to listen on {settings.host} without a login: set OVR_UI_USER and"
             " OVR_UI_PASSWORD (or --auth-file with user:password lines), or listen on 127.0.0.1"
         )
-    return UISettings(
-        endpoint=a.endpoint.rstrip("/"),
-        model=a.model,
-        api_key=os.environ.get(API_KEY_ENV) or None,
-        host=a.host,
-        port=a.port,
-        root_path=a.root_path,
-        auth=auth,
-        concurrency=a.concurrency,
-        max_tokens=a.max_tokens,
-        idle_timeout=a.idle_timeout,
-        allowed_hosts=a.allowed_hosts,
-        allowed_origins=a.allowed_origins,
-        max_upload_bytes=a.max_upload_mb << 20,
-    )
+    return settings
 
 
 def read_auth(path: str | None) -> list[tuple[str, str]] | None:
