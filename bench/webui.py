@@ -34,7 +34,8 @@ from gradio import utils as gr_utils  # noqa: E402
 from gradio.components import Chatbot  # noqa: E402
 
 from webui import conversation as conv  # noqa: E402
-from webui.app import UISettings, _Handlers  # noqa: E402
+from webui.handlers import ChatHandlers  # noqa: E402
+from webui.settings import UISettings  # noqa: E402
 from webui.stream import UPDATE_INTERVAL_S  # noqa: E402
 from webui.upstream import Endpoint  # noqa: E402
 
@@ -83,9 +84,9 @@ def main() -> None:
 async def run_once(endpoint: str, interval: float) -> dict:
     """One generation through the app's handler, with Gradio's per-update server work."""
     settings = UISettings(endpoint=endpoint, model="fake", update_interval=interval)
-    handlers = _Handlers(Endpoint(endpoint), settings)
+    handlers = ChatHandlers(Endpoint(endpoint), settings)
     chatbot = Chatbot()
-    conversation = [conv.user_turn("How many circles?")]
+    conversation = [conv.UserTurn("How many circles?")]
     previous, updates, sent = None, 0, 0
     start = time.perf_counter()
     async for _conv, shown, *_ in handlers.generate(
@@ -98,8 +99,8 @@ async def run_once(endpoint: str, interval: float) -> dict:
         updates += 1
     seconds = time.perf_counter() - start
     turn = conversation[-1]
-    assert turn["role"] == "assistant" and turn["answer"], conversation[-1]
-    return {"updates": updates, "seconds": seconds, "bytes": sent, "tokens": turn["tokens"] + 1}
+    assert isinstance(turn, conv.AssistantTurn) and turn.answer, conversation[-1]
+    return {"updates": updates, "seconds": seconds, "bytes": sent, "tokens": turn.tokens + 1}
 
 
 def fake_upstream(tokens: int) -> FastAPI:
