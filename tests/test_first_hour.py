@@ -16,7 +16,7 @@ import pytest
 from ovr_core.model_shapes import QWEN2_5_VL_7B
 from ovr_core.ports import free_port_near
 from ovr_train.plan import Hardware, plan_recipe, recipe_settings
-from ovr_train.plan.rollout_terms import image_tokens
+from ovr_train.plan.rollout_terms import QWEN2_5_VL_MAX_PIXELS, image_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 RL_7B = str(ROOT / "recipes" / "ovr-7b-rl.yaml")
@@ -309,3 +309,57 @@ def test_trls_per_row_forward_of_a_mixed_batch_runs_and_keeps_each_rows_log_prob
     mixed = logps(0, 2, num_images=[1, 0], **pixels)
     assert torch.allclose(mixed[0], logps(0, 1, num_images=[1], **pixels)[0])
     assert torch.equal(mixed[1], logps(1, 2)[0])
+
+
+# -- 5. the trainer and the rollout servers see the same image; over-budget prompts are counted
+
+
+def test_capped_images_get_the_same_grid_from_the_trainers_and_the_servers_processor():
+    """Qwen2.5-VL's own image processor at the recipe's cap (the trainer's) and at the
+    checkpoint's default cap (what a rollout server started without one applies): a 12-MP image
+    gets different grids, so different image-token counts, unless `cap_images` resized it first;
+    images within the cap are passed through untouched."""
+    from PIL import Image
+    from transformers import Qwen2VLImageProcessor
+
+    from ovr_train.rl.prompt_limits import cap_images
+
+    settings = recipe_settings("rl", RL_7B, [])
+    trainer = Qwen2VLImageProcessor(max_pixels=settings["max_pixels"])
+    # Qwen/Qwen2.5-VL-7B-Instruct's preprocessor_config.json: max_pixels 12845056 (16384 x 28 x 28)
+    server = Qwen2VLImageProcessor(max_pixels=QWEN2_5_VL_MAX_PIXELS)
+
+    def grids(image):
+        return [tuple(p(images=[image], return_tensors="pt")["image_grid_thw"][0].tolist())
+                for p in (trainer, server)]  # fmt: skip
+
+    big, small = Image.new("RGB", (4000, 3000), (9, 9, 9)), Image.new("RGB", (300, 200))
+    rows = [{"images": [big, small]}, {"image": big}, {"prompt": "text only"}]
+    assert grids(big)[0] != grids(big)[1]
+    capped = cap_images(rows, type("P", (), {"image_processor": trainer})())
+    for image in (capped[0]["images"][0], capped[1]["image"]):
+        assert grids(image)[0] == grids(image)[1] == grids(big)[0]
+    assert capped[0]["images"][1] is small and capped[2] == rows[2]
+
+
+def test_prompts_over_the_stages_budget_are_counted_and_logged(caplog):
+    import collections
+    import types
+
+    import torch
+
+    from ovr_train.rl.prompt_limits import count_over_budget
+
+    metrics = {"train": collections.defaultdict(list)}
+    trainer = types.SimpleNamespace(
+        args=types.SimpleNamespace(vllm_max_model_length=53248),
+        max_completion_length=49152,
+        _metrics=metrics,
+    )
+    lengths = torch.tensor([100, 4096, 4097, 5000])  # the 48k stage leaves 4096 prompt tokens
+    mask = (torch.arange(5000).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    assert count_over_budget(trainer, {"prompt_mask": mask}) == 2
+    assert metrics["train"]["rollouts/over_prompt_budget"] == [2.0]
+    assert "2 prompt(s) over the 4096-token prompt budget" in caplog.text
+    trainer.max_completion_length = 24576  # the 24k stage: all within
+    assert count_over_budget(trainer, {"prompt_mask": mask}) == 0

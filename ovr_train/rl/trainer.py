@@ -27,6 +27,7 @@ from ovr_train.checkpoints import SafeCheckpoints
 from ovr_train.recipe import length_at
 from ovr_train.rl.critic import Critic, explained_variance, gae, terminal_rewards
 from ovr_train.rl.dynamic_sampling import DynamicSampler
+from ovr_train.rl.prompt_limits import cap_images, count_over_budget
 from ovr_train.rl.vision_sync import run_vision_every_step
 
 logger = logging.getLogger("ovr_train.rl")
@@ -82,7 +83,9 @@ class OVRRLTrainer(SafeCheckpoints, GRPOTrainer):
     def rollout_round(self, inputs) -> dict:
         """One TRL rollout round, with this process's rows' total rewards as ``rewards`` (NaN where
         no reward function could score a row, as TRL marks them)."""
+        inputs = cap_images(inputs, self.processing_class)  # trainer and vLLM: the same image
         out = super()._generate_and_score_completions(inputs)
+        count_over_budget(self, out)  # prompts vLLM would give shorter responses, counted
         every = self._round_rewards  # all processes' rows, kept by _calculate_rewards below
         rows = out["advantages"].size(0)
         start = self.accelerator.process_index * rows
