@@ -91,7 +91,8 @@ class Plan:
         lines += [f"  {name:<50} {value / GiB:8.2f} GiB" for name, value in self.memory.items()]
         lines.append(
             f"  {'total (peak)':<50} {self.peak_bytes / GiB:8.2f} GiB of "
-            f"{hw.gpu_mem_gb * 1e9 / GiB:.1f} GiB ({HEADROOM:.0%} usable)"
+            f"{hw.gpu_mem_gb * 1e9 / GiB:.1f} GiB ({HEADROOM:.0%} usable: "
+            f"{HEADROOM * hw.gpu_mem_gb * 1e9 / GiB:.1f} GiB)"
         )
         lines.append(f"tokens per update: {self.tokens_per_update:,}")
         if self.stage == "sft":
