@@ -5,7 +5,10 @@
 Per GPU: the model states (weights, gradients, optimizer) under the recipe's ZeRO stage, from
 DeepSpeed's own estimators; activations under gradient checkpointing at the recipe's sequence
 length; the logits and loss with TRL's fused LM head and without it; vLLM's weights and KV cache
-when colocated. Per update: the tokens it moves and a time from FLOPs at a stated MFU. A recipe
+when colocated; RL's rollout buffers (ids, log-probs, ``pixel_values``) per GPU
+(``ovr_train.plan.rollout_terms``, which also checks the collective timeout against a rollout round
+and each stage's prompt budget). Per update: the tokens it moves and a time from FLOPs at a stated
+MFU, PPO's critic passes included. A recipe
 that will not fit is refused with one line per problem, each naming the fix (exit 1).
 ``ovr-train sft|rl`` run the same check before loading anything (``ovr_train.plan.command``).
 
