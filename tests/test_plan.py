@@ -197,19 +197,24 @@ def test_training_checks_the_same_settings_the_cli_plans(stage, recipe, monkeypa
     else:
         from ovr_train.recipe import apply_schedule
         from ovr_train.rl.train import parse_args
-    for overrides in ([], ["per_device_train_batch_size=16"]):
-        parsed = parse_args(["--config", recipe, *overrides])
-        if stage == "rl":
-            apply_schedule(parsed[0], parsed[1])
-        from_training = plan_recipe(stage, normalise(stage, settings_of(*parsed)), H100_NODE)
-        from_cli = _plan(stage, recipe, *overrides)
-        assert from_training.memory == from_cli.memory
-        assert from_training.problems == from_cli.problems
-        if kernels_here(stage):
-            check_before_training(stage, *parsed)  # no GPU here: the plan is skipped
-        else:  # the recipes' flash-attn (and Liger for SFT) are missing here: said in one line
-            with pytest.raises(SystemExit, match="attn_implementation=sdpa"):
-                check_before_training(stage, *parsed)
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    try:
+        for overrides in ([], ["per_device_train_batch_size=16"]):
+            parsed = parse_args(["--config", recipe, *overrides])
+            if stage == "rl":
+                apply_schedule(parsed[0], parsed[1])
+            from_training = plan_recipe(stage, normalise(stage, settings_of(*parsed)), H100_NODE)
+            from_cli = _plan(stage, recipe, *overrides)
+            assert from_training.memory == from_cli.memory
+            assert from_training.problems == from_cli.problems
+            if kernels_here(stage):
+                check_before_training(stage, *parsed)  # no GPU here: the plan is skipped
+            else:  # the recipes' flash-attn (and Liger for SFT) are missing here: said in one line
+                with pytest.raises(SystemExit, match="attn_implementation=sdpa"):
+                    check_before_training(stage, *parsed)
+    finally:  # the recipes' ZeRO-3 config is transformers' global while their arguments live
+        unset_hf_deepspeed_config()  # (a refusal's traceback keeps them): later loads must not see it
 
 
 def kernels_here(stage: str) -> bool:
