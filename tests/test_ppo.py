@@ -20,6 +20,7 @@ from ovr_train.rl.critic import (
     value_loss,
 )
 from tests.helpers.rl_runs import (
+    RUN_TIMEOUT,
     SEED,
     history,
     killed_and_resumed,
@@ -224,7 +225,7 @@ def tiny_ppo_run(tmp_path_factory):
     args = ["--config", TINY_PPO, f"output_dir={out}", f"max_steps={STEPS}"]
     args += [f"save_steps={SAVE_EVERY}", "save_total_limit=10", "report_to=none"]
     critic = ["--write-restored-critic", str(out) + RESUMED_CRITIC]
-    killed_and_resumed(args + seed_overrides(), out, SAVE_EVERY, timeout=900, extra=critic)
+    killed_and_resumed(args + seed_overrides(), out, SAVE_EVERY, timeout=RUN_TIMEOUT, extra=critic)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for name in ("rl_curves.png", "trainer_state.json"):
         shutil.copy(out / name, ARTIFACTS / name)
@@ -232,6 +233,7 @@ def tiny_ppo_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2 * RUN_TIMEOUT + 600)  # the run is set up under whichever test comes first
 def test_tiny_ppo_learns_to_count_and_its_critic_the_expected_reward(tiny_ppo_run):
     """As the GRPO run (tests/test_rl.py): sampled accuracy of steps 1-3 vs the last 10 rises by 0.3
     to at least 0.5 (an image-blind policy scores at most ~0.36). The critic follows the policy's
@@ -268,6 +270,7 @@ def test_tiny_ppo_learns_to_count_and_its_critic_the_expected_reward(tiny_ppo_ru
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2 * RUN_TIMEOUT + 600)  # the run is set up under whichever test comes first
 def test_ppo_logs_the_critic_beside_grpos_statistics(tiny_ppo_run):
     last = [e for e in history(tiny_ppo_run) if "loss" in e][-1]
     for key in (
@@ -288,6 +291,7 @@ def test_ppo_logs_the_critic_beside_grpos_statistics(tiny_ppo_run):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2 * RUN_TIMEOUT + 600)  # the run is set up under whichever test comes first
 def test_resume_restores_the_critic_from_its_checkpoint(tiny_ppo_run, tiny_model_path):
     """The critic the resumed run trains on is checkpoint-10's, not a fresh copy of the policy."""
     from safetensors.torch import load_file
@@ -308,6 +312,7 @@ def test_resume_restores_the_critic_from_its_checkpoint(tiny_ppo_run, tiny_model
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2 * RUN_TIMEOUT + 600)  # the run is set up under whichever test comes first
 def test_ppo_checkpoint_is_served_and_counts_unseen_images(tiny_ppo_run, tmp_path):
     """The same held-out check as the GRPO run: 60 unseen images, greedy, through ovr-serve."""
     from collections import Counter

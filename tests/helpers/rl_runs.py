@@ -17,6 +17,9 @@ ARTIFACTS = ROOT / "artifacts"
 FIGURES = ARTIFACTS / "learning-figures.jsonl"
 SEED = seed_from_env()  # $OVR_TEST_SEED: reseeds the tiny model, the data and every training run
 KILL_AT = 12
+# Seconds each process of a tiny run may take. Uncontended, a 40-step run takes 3-8 minutes on two
+# cores; a loaded or slower machine must not turn that into a failure, only a hang should.
+RUN_TIMEOUT = 2400
 
 
 def seed_overrides(data: bool = True) -> list[str]:
