@@ -363,3 +363,48 @@ def test_prompts_over_the_stages_budget_are_counted_and_logged(caplog):
     assert "2 prompt(s) over the 4096-token prompt budget" in caplog.text
     trainer.max_completion_length = 24576  # the 24k stage: all within
     assert count_over_budget(trainer, {"prompt_mask": mask}) == 0
+
+
+def _two_ranks(mode: str, model_dir) -> list[subprocess.CompletedProcess]:
+    port = str(free_port_near("127.0.0.1", 29600))
+    driver = ROOT / "tests" / "helpers" / "zero3_mixed_rows.py"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(driver), mode, str(model_dir)],
+            env={
+                **os.environ,
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "WORLD_SIZE": "2",
+                "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            },  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    out = []
+    for proc in procs:
+        try:
+            text, _ = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            text, _ = proc.communicate()
+        out.append(subprocess.CompletedProcess(proc.args, proc.returncode, text))
+    return out
+
+
+@pytest.mark.slow
+def test_zero3_ranks_with_an_image_row_and_a_text_row_stay_in_step(tiny_model_path):
+    """Real DeepSpeed ZeRO-3 over two CPU processes (gloo), micro-batch 1, frozen tower: without
+    the hook the text-only rank skips the tower's all-gathers and the ranks' collectives stop
+    matching (gloo says so; NCCL would hang); with it both get through two steps."""
+    broken = _two_ranks("nohook", tiny_model_path)
+    assert any(p.returncode != 0 for p in broken)
+    assert "collective mismatch" in "".join(p.stdout for p in broken)
+    fixed = _two_ranks("hook", tiny_model_path)
+    for rank, proc in enumerate(fixed):
+        assert proc.returncode == 0 and f"rank {rank} done" in proc.stdout, proc.stdout[-3000:]

@@ -12,7 +12,9 @@ TRL 1.16 hands a text-only row of a mixed batch an empty ``pixel_values`` (0 pat
 ``image_grid_thw``; a batch with no image at all passes neither. Both count as text-only here.
 
 `run_vision_every_step(model)` installs it on every Qwen2.5-VL backbone inside ``model`` (the
-policy, PPO's critic, wrapped or not); ``ovr_train.rl.trainer`` calls it for both.
+policy, PPO's critic, wrapped or not); ``ovr_train.rl.trainer`` calls it for both. The tower runs
+from the embeddings' forward hook, where an image's would run, so the order of the modules, which
+DeepSpeed checks across ranks, is the same on every rank.
 """
 
 from __future__ import annotations
@@ -24,39 +26,53 @@ _MARK = "_ovr_runs_vision_every_step"
 
 
 def run_vision_every_step(model: nn.Module | None) -> int:
-    """Install the dummy-image pre-hook on each vision-language backbone in ``model`` (a module with
-    a ``visual`` child and input embeddings); idempotent. Returns how many are hooked now."""
+    """Install the dummy-image hooks on each vision-language backbone in ``model`` (a module with a
+    ``visual`` child and input embeddings); idempotent. Returns how many are hooked now."""
     hooked = 0
     for module in model.modules() if model is not None else ():
         if "visual" not in module._modules or not hasattr(module, "get_input_embeddings"):
             continue
         if not getattr(module, _MARK, False):
-            module.register_forward_pre_hook(_through_the_vision_tower, with_kwargs=True)
+            module.register_forward_pre_hook(_mark_text_only, with_kwargs=True)
+            module.get_input_embeddings().register_forward_hook(_add_zero_vision(module))
             setattr(module, _MARK, True)
         hooked += 1
     return hooked
 
 
-def _through_the_vision_tower(module: nn.Module, args: tuple, kwargs: dict):
-    """Forward pre-hook of the backbone: for a text-only call, the token embeddings plus zero times
-    the tower's output on a dummy image, passed as ``inputs_embeds``; other calls are left alone."""
+def _mark_text_only(module: nn.Module, args: tuple, kwargs: dict):
+    """Backbone pre-hook: note whether this call is text-only (its token embeddings then get the
+    dummy's zero); TRL's empty pixel slices are dropped. It runs no module itself: ZeRO-3 checks
+    that every rank runs the same modules in the same order (DeepSpeed's
+    ``assert_ints_same_as_other_ranks`` on the step's module trace), so the tower must run where an
+    image's would, right after the embeddings."""
     pixels = kwargs.get("pixel_values")
-    if pixels is not None and pixels.numel() > 0:
-        return None  # the tower runs on the real image
     input_ids = kwargs.get("input_ids", args[0] if args else None)
-    if (
-        input_ids is None
+    module._ovr_text_only = not (
+        (pixels is not None and pixels.numel() > 0)
+        or input_ids is None
         or kwargs.get("inputs_embeds") is not None
         or kwargs.get("pixel_values_videos") is not None
         or kwargs.get("mm_encoder_outputs")
         or _is_cached_decode(kwargs.get("past_key_values"))
-    ):
-        return None
-    embeds = module.get_input_embeddings()(input_ids)
-    zero = dummy_vision_output(module.visual, embeds.device).sum() * 0.0
-    kwargs = {**kwargs, "inputs_embeds": embeds + zero.to(embeds.dtype)}
-    kwargs.update(pixel_values=None, image_grid_thw=None)  # TRL's empty slices: nothing to place
-    return args, kwargs
+    )
+    if pixels is not None and pixels.numel() == 0:
+        return args, {**kwargs, "pixel_values": None, "image_grid_thw": None}
+    return None
+
+
+def _add_zero_vision(backbone: nn.Module):
+    """Forward hook of the backbone's token embeddings: in a text-only call, their output plus zero
+    times the vision tower's output on a dummy image."""
+
+    def hook(embedding: nn.Module, args: tuple, output: torch.Tensor):
+        if not getattr(backbone, "_ovr_text_only", False):
+            return None
+        backbone._ovr_text_only = False
+        zero = dummy_vision_output(backbone.visual, output.device).sum() * 0.0
+        return output + zero.to(output.dtype)
+
+    return hook
 
 
 def dummy_vision_output(visual: nn.Module, device: torch.device) -> torch.Tensor:
