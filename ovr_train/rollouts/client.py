@@ -71,12 +71,28 @@ class RolloutClient(VLLMClient):
             self.session.headers.update(bearer(self.key))
         return super().check_server(total_timeout, retry_interval)
 
+    def _get(self, url, **kwargs):
+        return self._named(super()._get, url, **kwargs)
+
     def _post(self, url, **kwargs):
-        out = super()._post(url, **kwargs)
+        out = self._named(super()._post, url, **kwargs)
         if url.endswith("/inference/v1/generate"):
             for choice in out.get("choices", []):
                 name_tokens(choice.get("logprobs"))
         return out
+
+    def _named(self, call, url, **kwargs):
+        """``call(url)``, any failure raised as one line naming the endpoint and what to check (a
+        dead engine takes vLLM's whole server down: its log says which)."""
+        try:
+            return call(url, **kwargs)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise RolloutServerError(
+                f"rollout endpoint {self.base_url}: {first}. Check that `ovr-train rollout-servers` "
+                f"still runs there (its log names a dead engine) and that {KEY_ENV} is the same "
+                "on both sides"
+            ) from e
 
     # -- one request window per engine
 

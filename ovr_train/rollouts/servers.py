@@ -209,14 +209,19 @@ class RolloutServer:
 
     def stop(self) -> None:
         """SIGTERM to the server's process group (API servers, coordinator, engines), then KILL."""
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        self.proc.terminate()  # the front end stops its engines and coordinator
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # the front end stops its engines and coordinator
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # what is left of its group (a front end that died first leaves its engines)
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def __enter__(self) -> RolloutServer:
         self.start()
