@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shlex
+import sys
 import time
 
 import httpx
@@ -212,8 +214,9 @@ def test_scale_profile_balances_over_both_replicas(stack):
 
 
 def test_multinode_dry_run_matches_the_image(stack):
-    """docker/train-multinode.sh's rollout line parses with the image's own ovr-train; its training
-    line needs the project venv (TRL, accelerate, recipes/), as the script says, not the image."""
+    """docker/train-multinode.sh's rollout line parses with the image's own ovr-train exactly as
+    with this checkout's; its training line needs the project venv (TRL, accelerate, recipes/), as
+    the script says, not the image."""
     script = (ds.DOCKER / "train-multinode.sh").read_text()
     assert "the image of docker/ serves, it does not train" in script
     out = ds.run(
@@ -222,21 +225,29 @@ def test_multinode_dry_run_matches_the_image(stack):
     )
     rollout = shlex.split(out.stdout)
     assert rollout[:2] == ["ovr-train", "rollout-servers"]
-    # The image's own ovr-train resolves the subcommand and parses the printed flags.
+    # ovr-train's own dispatch resolves the subcommand; its parser reads the printed flags.
     probe = (
-        "import importlib, importlib.util, json, shutil; from ovr_train.cli import COMMANDS; "
+        "import dataclasses, importlib, importlib.util, json, shutil; "
+        "from ovr_train.cli import COMMANDS; "
         f"module = importlib.import_module(COMMANDS[{rollout[1]!r}][0].split(':')[0]); "
         f"spec = module.parse_args({rollout[2:]!r}); "
-        "print(json.dumps({'ovr-train': shutil.which('ovr-train'), 'servers': spec.servers, "
+        "print(json.dumps({'spec': dataclasses.asdict(spec), "
+        "'ovr-train': bool(shutil.which('ovr-train')), "
         "'trl': importlib.util.find_spec('trl') is not None, "
-        "'accelerate': shutil.which('accelerate')}))"
+        "'accelerate': shutil.which('accelerate')}, default=str))"
     )
     got = stack["dc"](
         "run", "--rm", "--no-deps", "-T", "--entrypoint", "python3", "ovr", "-c", probe
     ).stdout
-    found = json.loads(got.strip().splitlines()[-1])
-    assert found["ovr-train"] and found["servers"] == 8
-    assert not found["trl"] and found["accelerate"] is None
+    in_image = json.loads(got.strip().splitlines()[-1])
+    here = ds.run(
+        [sys.executable, "-c", probe],
+        cwd=stack["project"],
+        env={**os.environ, "PYTHONPATH": str(stack["project"])},
+    )
+    assert in_image["spec"] == json.loads(here.stdout.strip().splitlines()[-1])["spec"]
+    assert in_image["spec"]["host"] == "10.0.0.9" and in_image["ovr-train"]
+    assert not in_image["trl"] and in_image["accelerate"] is None
 
 
 def test_down_leaves_no_container(stack):
