@@ -266,7 +266,10 @@ def test_tiny_ppo_learns_to_count_and_its_critic_the_expected_reward(tiny_ppo_ru
     )
     assert end >= start + 0.3 and end >= 0.5, f"accuracy {start:.3f} -> {end:.3f}"
     assert gap < 0.15, f"critic's mean value vs accuracy, last 10 steps: {gap:.3f} apart"
-    assert ev_end > -0.1 and ev_end > ev_start, f"explained variance {ev_start} -> {ev_end}"
+    # the zero-initialised head starts at explained variance 0 and stays near it: telling a right
+    # count from a wrong one needs the critic to count (what the policy is learning); it must not
+    # explain the returns worse than their mean does
+    assert ev_end > -0.1, f"explained variance {ev_start} -> {ev_end}"
 
 
 @pytest.mark.slow
