@@ -358,3 +358,25 @@ def test_rl_refuses_an_endpoint_that_cannot_serve_the_run_before_loading_the_mod
     assert out.returncode != 0
     assert says in out.stderr and "ovr-train rl:" in out.stderr
     assert "data: " not in out.stderr  # refused before the data and the model
+
+
+@pytest.mark.slow
+def test_a_killed_engine_fails_the_next_rollout_in_one_line_naming_the_endpoint(server):
+    """Last of the module (it takes the server down): one engine of two SIGKILLed, the trainer's
+    requests fail, within vLLM's detection time, with one line naming the endpoint."""
+    import signal
+    import time
+
+    import psutil
+
+    client = connect(server.url, timeout=30)
+    tree = psutil.Process(server.proc.pid).children(recursive=True)
+    engine = next(p for p in tree if p.cmdline()[:1] == ["VLLM::EngineCore_DP1"])
+    engine.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    with pytest.raises(RolloutServerError) as failed:
+        while time.monotonic() < deadline:  # vLLM notices the death asynchronously
+            client.generate(prompts=[[1, 2, 3]] * 4, n=1, max_tokens=4)
+            time.sleep(2)
+    message = str(failed.value)
+    assert server.url in message and "still runs there" in message and "\n" not in message
