@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tests", nargs="+", default=LEARNING_TESTS, help="pytest node ids")
     parser.add_argument("--summary-only", action="store_true", help="tabulate what is recorded")
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     failed: list[str] = []
     if not args.summary_only:
         combos = [(s, c, t) for s in args.seeds for c in args.cpu for t in args.threads]
