@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -173,7 +174,14 @@ CRITIC_STEPS = 40
 def test_the_value_head_learns_the_tiny_tasks_expected_reward(tiny_model_path):
     """A critic initialised from the tiny policy, trained with the clipped value loss on the returns
     (gamma = lambda = 1) of one batch of tiny-task rollouts, predicts the returns of a new batch: its
-    value loss falls and explained variance rises from about 0 to most of the variance."""
+    value loss falls and explained variance rises from 0 (the value head starts at zero) to most of
+    the variance (0.68 is perfect: the shared <think> prefix cannot be told apart).
+
+    Spread (scripts/learning-spread.py and the same procedure by hand, zero-initialised head): held-out
+    explained variance after training 0.663-0.686 over 5 seeds on AVX-512 (median 0.669), 0.663 with
+    OVR_TEST_SEED=0's own tiny model; value loss falls to 0.12-0.20 of its start. With PyTorch's
+    default uniform head init (the code before) it ended anywhere in 0.025-0.628 over 6 runs on
+    AVX-512 and AVX2 (0.073 on this AMD EPYC, as the issue saw). Thresholds: > 0.5 and < 0.5x."""
     from transformers import AutoProcessor
 
     from ovr_train.rl.critic import ValueModel, completion_values
@@ -212,7 +220,7 @@ def test_the_value_head_learns_the_tiny_tasks_expected_reward(tiny_model_path):
         "value_head", loss_ratio=loss_after / loss_before, ev_before=ev_before, ev_after=ev_after
     )
     assert loss_after < 0.5 * loss_before, (loss_before, loss_after)
-    assert ev_before < 0.1 and ev_after > 0.4, (ev_before, ev_after)  # 0.68 would be perfect
+    assert ev_before < 0.1 and ev_after > 0.5, (ev_before, ev_after)  # 0.68 would be perfect
 
 
 # ---- a tiny PPO run: killed, resumed, learns to count, served -----------------------------------
@@ -237,10 +245,18 @@ def tiny_ppo_run(tmp_path_factory):
 def test_tiny_ppo_learns_to_count_and_its_critic_the_expected_reward(tiny_ppo_run):
     """As the GRPO run (tests/test_rl.py): sampled accuracy of steps 1-3 vs the last 10 rises by 0.3
     to at least 0.5 (an image-blind policy scores at most ~0.36). The critic follows the policy's
-    expected reward (its mean value within 0.15 of the batch's accuracy over the last 10 steps;
-    measured 0.88 vs 0.89, per-step gap 0.08) and explains the returns at least as well as that
-    mean does (explained variance -4.8 -> ~0: in 40 steps it does not yet tell right answers from
-    wrong ones)."""
+    expected reward: over the last 10 steps its mean value is within 0.1 of the mean batch accuracy
+    (bias), and step by step within 0.3 (gap). The batch accuracy of one step (8 prompts) has a
+    spread of ~0.12 by itself, so a per-step gap under ~0.1 cannot be asked of any critic; the old
+    "gap < 0.15" failed for that reason on other machines (0.216 on an AVX-512 EPYC). It explains the
+    returns at least as well as their mean does (explained variance ~0: telling a right count from a
+    wrong one needs the critic to count, which 40 steps do not teach it).
+
+    Spread (scripts/learning-spread.py), 3 runs: seed 0 AVX-512, seed 0 AVX2, seed 1 AVX-512.
+    accuracy rise 0.61 / 0.50 / 0.16 and end 0.78 / 0.72 / 0.24; gap 0.104 / 0.217 / 0.053; bias
+    0.008 on AVX2; explained variance at the end -0.007 / -0.013 / -0.004. Seed 1 does not learn to
+    count in 40 steps (its tiny model starts at 0.08): this test holds for the default seed on both
+    kernel families, not yet for every seed (issue 20's closing note)."""
     acc = per_step(tiny_ppo_run, "rewards/accuracy/mean")
     ev = per_step(tiny_ppo_run, "ppo/explained_variance")
     value = per_step(tiny_ppo_run, "ppo/value_mean")
@@ -251,6 +267,10 @@ def test_tiny_ppo_learns_to_count_and_its_critic_the_expected_reward(tiny_ppo_ru
     ev_start = sum(ev[s] for s in (1, 2, 3)) / 3
     ev_end = sum(ev[s] for s in last) / 10
     gap = sum(abs(value[s] - acc[s]) for s in last) / 10
+    bias = abs(sum(value[s] - acc[s] for s in last) / 10)
+    swing = statistics.pstdev(value[s] for s in last) / max(
+        statistics.pstdev(acc[s] for s in last), 1e-6
+    )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "accuracy.json").write_text(
         json.dumps({"start": start, "end": end, "ev_start": ev_start, "ev_end": ev_end, "gap": gap})
@@ -263,9 +283,12 @@ def test_tiny_ppo_learns_to_count_and_its_critic_the_expected_reward(tiny_ppo_ru
         ev_start=ev_start,
         ev_end=ev_end,
         gap=gap,
+        bias=bias,
+        swing=swing,
     )
     assert end >= start + 0.3 and end >= 0.5, f"accuracy {start:.3f} -> {end:.3f}"
-    assert gap < 0.15, f"critic's mean value vs accuracy, last 10 steps: {gap:.3f} apart"
+    assert bias < 0.1, f"critic's mean value vs mean accuracy, last 10 steps: {bias:.3f} apart"
+    assert gap < 0.3, f"critic's mean value vs accuracy, step by step: {gap:.3f} apart"
     # the zero-initialised head starts at explained variance 0 and stays near it: telling a right
     # count from a wrong one needs the critic to count (what the policy is learning); it must not
     # explain the returns worse than their mean does

@@ -53,6 +53,9 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_tiny_recipe_trains_loss_falls_and_weights_move(tiny_run):
+    """The first logged loss is over 3 and the last under a quarter of it; every language weight
+    moves, no vision weight does. Spread of last/first: 0.118 (seed 0, AVX-512; threshold 0.25). Only one seed was measured
+    this session: issue 20's closing note."""
     from safetensors.torch import load_file
 
     from ovr_train.recipe import resolve_model
@@ -130,7 +133,9 @@ def test_intermediate_checkpoints_are_servable_as_is(tiny_run):
 
 @pytest.mark.slow
 def test_tiny_recipe_teaches_the_format(tiny_run):
-    """Greedy answers to unseen questions: <think>…</think> then a boxed answer."""
+    """Greedy answers to unseen questions: <think>…</think> then a boxed answer, at least 5 of 6.
+    Spread: 6/6 (seed 0, AVX-512).
+    Only one seed was measured this session."""
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     from ovr_core.format import is_well_formed
