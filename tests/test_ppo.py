@@ -298,6 +298,8 @@ def test_tiny_ppo_learns_to_count_and_its_critic_the_expected_reward(tiny_ppo_ru
 @pytest.mark.slow
 @pytest.mark.timeout(2 * RUN_TIMEOUT + 600)  # the run is set up under whichever test comes first
 def test_ppo_logs_the_critic_beside_grpos_statistics(tiny_ppo_run):
+    """Spread: the critic's two steps lowered its loss on 32 of 40 batches (seed 0, AVX-512; the
+    only run measured for this statistic). Threshold: at least half, and on the whole."""
     last = [e for e in history(tiny_ppo_run) if "loss" in e][-1]
     for key in (
         "rewards/accuracy/mean",
@@ -312,8 +314,17 @@ def test_ppo_logs_the_critic_beside_grpos_statistics(tiny_ppo_run):
         "ppo/value_clip_fraction",
     ):
         assert key in last, key
-    losses = per_step(tiny_ppo_run, "ppo/value_loss")
-    assert sum(losses[s] for s in range(31, 41)) / 10 < sum(losses[s] for s in (1, 2, 3)) / 3
+    # Each update lowers the critic's loss on the batch it trains on (first pass vs last pass). Not
+    # "the loss falls over the run": from a zero head the first steps' loss is small (rewards are
+    # mostly 0) and it grows with the reward's variance as accuracy rises (0.02 -> 0.1).
+    first = per_step(tiny_ppo_run, "ppo/value_loss")
+    after = per_step(tiny_ppo_run, "ppo/value_loss_last")
+    lowered = sum(after[s] < first[s] for s in first)
+    record_figures("tiny_ppo_critic_steps", lowered=lowered, steps=len(first))
+    assert lowered >= len(first) / 2, (
+        f"the critic's steps lowered its loss in {lowered}/{len(first)}"
+    )
+    assert sum(after.values()) < sum(first.values())
 
 
 @pytest.mark.slow
