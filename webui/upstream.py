@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
 import openai
 
 from ovr_core.wire import API_KEY_ENV
@@ -37,7 +36,8 @@ class Endpoint:
             base_url=self.base_url,
             api_key=self.api_key or "none",
             max_retries=0,
-            timeout=httpx.Timeout(self.idle_timeout, connect=self.connect_timeout),
+            # the SDK's own Timeout: openai >= 3.63 runs on httpx2 and refuses an httpx.Timeout
+            timeout=openai.Timeout(self.idle_timeout, connect=self.connect_timeout),
         )
 
 
