@@ -27,6 +27,7 @@ from tests.helpers.rl_runs import (
     killed_and_resumed,
     per_step,
     record_figures,
+    runs_a_training,
     seed_overrides,
     served_counting_accuracy,
 )
@@ -241,7 +242,7 @@ def tiny_ppo_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2 * RUN_TIMEOUT + 600)  # the run is set up under whichever test comes first
+@runs_a_training
 def test_tiny_ppo_learns_to_count_and_its_critic_the_expected_reward(tiny_ppo_run):
     """As the GRPO run (tests/test_rl.py): sampled accuracy of steps 1-3 vs the last 10 rises by 0.3
     to at least 0.5 (an image-blind policy scores at most ~0.36). The critic follows the policy's
@@ -296,7 +297,7 @@ def test_tiny_ppo_learns_to_count_and_its_critic_the_expected_reward(tiny_ppo_ru
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2 * RUN_TIMEOUT + 600)  # the run is set up under whichever test comes first
+@runs_a_training
 def test_ppo_logs_the_critic_beside_grpos_statistics(tiny_ppo_run):
     """Spread: the critic's two steps lowered its loss on 32 of 40 batches (seed 0, AVX-512; the
     only run measured for this statistic). Threshold: at least half, and on the whole."""
@@ -328,7 +329,7 @@ def test_ppo_logs_the_critic_beside_grpos_statistics(tiny_ppo_run):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2 * RUN_TIMEOUT + 600)  # the run is set up under whichever test comes first
+@runs_a_training
 def test_resume_restores_the_critic_from_its_checkpoint(tiny_ppo_run, tiny_model_path):
     """The critic the resumed run trains on is checkpoint-10's, not a fresh copy of the policy."""
     from safetensors.torch import load_file
@@ -349,7 +350,7 @@ def test_resume_restores_the_critic_from_its_checkpoint(tiny_ppo_run, tiny_model
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2 * RUN_TIMEOUT + 600)  # the run is set up under whichever test comes first
+@runs_a_training
 def test_ppo_checkpoint_is_served_and_counts_unseen_images(tiny_ppo_run, tmp_path):
     """The same held-out check as the GRPO run: 60 unseen images, greedy, through ovr-serve."""
     from collections import Counter

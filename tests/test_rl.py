@@ -34,6 +34,7 @@ from tests.helpers.rl_runs import (
     history,
     killed_and_resumed,
     record_figures,
+    runs_a_training,
     seed_overrides,
     served_counting_accuracy,
 )
@@ -58,7 +59,7 @@ def tiny_rl_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2 * RUN_TIMEOUT + 600)  # the run is set up under whichever test comes first
+@runs_a_training
 def test_tiny_rl_accuracy_rises_beyond_noise(tiny_rl_run):
     """Sampled accuracy (temperature 1) of the first 3 steps vs the last 10, fixed seed.
 
@@ -89,7 +90,7 @@ def test_tiny_rl_accuracy_rises_beyond_noise(tiny_rl_run):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2 * RUN_TIMEOUT + 600)  # the run is set up under whichever test comes first
+@runs_a_training
 def test_tiny_rl_logs_the_rl_dynamics_and_plots_them(tiny_rl_run):
     last = [e for e in history(tiny_rl_run) if "loss" in e][-1]
     for key in (
@@ -116,7 +117,7 @@ def test_tiny_rl_logs_the_rl_dynamics_and_plots_them(tiny_rl_run):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2 * RUN_TIMEOUT + 600)  # the run is set up under whichever test comes first
+@runs_a_training
 def test_length_curriculum_runs_both_stages_in_one_command_across_the_resume(tiny_rl_run):
     """recipes/tiny-rl.yaml's two stages (44 tokens to step 10, then 48): the run killed at step
     12 resumed from checkpoint-10 into the second stage; no completion of stage one is longer."""
@@ -127,7 +128,7 @@ def test_length_curriculum_runs_both_stages_in_one_command_across_the_resume(tin
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2 * RUN_TIMEOUT + 600)  # the run is set up under whichever test comes first
+@runs_a_training
 def test_resume_after_kill_continues_at_the_checkpoint_step(tiny_rl_run):
     steps = [e["step"] for e in history(tiny_rl_run) if "loss" in e]
     assert steps == list(range(1, STEPS + 1)), "each step logged once: resumed at step 11"
@@ -136,7 +137,7 @@ def test_resume_after_kill_continues_at_the_checkpoint_step(tiny_rl_run):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2 * RUN_TIMEOUT + 600)  # the run is set up under whichever test comes first
+@runs_a_training
 def test_rl_checkpoint_is_served_by_ovr_serve_and_counts_unseen_images(tiny_rl_run, tmp_path):
     """The final checkpoint, served as-is by ovr-serve, answers new counting images (a seed the
     run never drew) through the openai client, greedy. A model that ignored the image could score

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ovr_train.tiny_model import SEED_ENV, seed_from_env
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -20,6 +22,8 @@ KILL_AT = 12
 # Seconds each process of a tiny run may take. Uncontended, a 40-step run takes 3-8 minutes on two
 # cores; a loaded or slower machine must not turn that into a failure, only a hang should.
 RUN_TIMEOUT = 2400
+# For the tests that take a run fixture: whichever of them comes first sets the run up (two processes).
+runs_a_training = pytest.mark.timeout(2 * RUN_TIMEOUT + 600)
 
 
 def seed_overrides(data: bool = True) -> list[str]:
